@@ -1,0 +1,33 @@
+# llm2comp: the README's two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= ../shared/data
+OUT    ?= demo_out
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# DeepSpeed's optional C++/CUDA ops are built on first use, never at install time.
+export DS_BUILD_OPS := 0
+
+.PHONY: install test test-all demo bench-prep clean
+
+install: $(VENV)/.installed
+
+# torch is pinned (constraints.txt) in the same pip command as everything else: left free, peft and
+# deepspeed would pull a newer CUDA build of torch with gigabytes of CUDA packages.
+$(VENV)/.installed: setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0" -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(VENV)/bin/llm2comp models pull smollm2-135m
+	bash launch/demo.sh "$(DATA)" "$(OUT)"
+
+bench-prep: install
+	$(PY) bench/prep_throughput.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,50 @@
+"""Packaging for llm2comp: decoder LLMs to text encoders with the LLM2Comp recipe."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+
+def _version() -> str:
+    for line in (ROOT / "data_prep" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("data_prep/__init__.py has no __version__")
+
+
+setup(
+    name="llm2comp",
+    version=_version(),
+    description="LLM2Comp: compression pretraining and contrastive training of decoder LLMs as text encoders",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trainer", "trainer.*", "data_prep", "data_prep.*"]),
+    # Ranges, not pins: constraints.txt pins the tested set (make install uses it).
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.21",
+        "datasets>=3.0",
+        "pyarrow>=17",
+        "peft>=0.17",
+        "deepspeed>=0.16",
+        "safetensors>=0.4",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "tensorboard>=2.15",
+        "psutil>=5.9",
+        "gguf>=0.10",
+    ],
+    extras_require={
+        "gpu": ["flash-attn>=2.6"],
+        "st": ["sentence-transformers>=3.0"],
+        "plot": ["matplotlib>=3.7"],
+        "dev": ["pytest>=8", "sentence-transformers>=3.0", "matplotlib>=3.7"],
+    },
+    entry_points={"console_scripts": ["llm2comp=trainer.cli:main"]},
+)

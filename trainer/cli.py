@@ -1,0 +1,38 @@
+"""The ``llm2comp`` command: one entry point, a subcommand per pipeline step (DESIGN.md §5)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_prep.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from data_prep import __version__
+    from data_prep import cli as prep_cli
+
+    from . import model_store
+
+    parser = argparse.ArgumentParser(prog="llm2comp", description="Decoder LLMs to text encoders (LLM2Comp).")
+    parser.add_argument("--version", action="version", version=f"llm2comp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep_cli.add_arguments(sub.add_parser("prep", help="tokenize corpora into Arrow shards (offline, CPU)"))
+    model_store.add_arguments(sub.add_parser("models", help="fetch real pretrained models for offline use"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"llm2comp {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"llm2comp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
