@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_TOKENIZER = os.path.expanduser("~/.cache/llm2comp/models/smollm2-135m")
+DEFAULT_TOKENIZER = os.path.join(os.environ.get("LLM2COMP_HOME") or os.path.expanduser("~/.cache/llm2comp"), "models", "smollm2-135m")
 DEFAULT_INPUT = os.path.join(REPO, "..", "shared", "data", "corpus", "wiki_paragraphs.train.jsonl.gz")
 DEFAULT_JSON = os.path.join(REPO, "bench", "out", "prep_throughput.json")
 

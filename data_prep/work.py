@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import pyarrow as pa
 
@@ -43,32 +43,55 @@ def init_worker(spec: WorkerSpec) -> None:
     from .kinds import make_kind
     from .tokenizer import load_tokenizer
 
-    _state["tok"] = load_tokenizer(spec.tokenizer)
+    _state["encode"] = batch_encoder(load_tokenizer(spec.tokenizer))
     _state["kind"] = make_kind(spec.kind, spec.reader, spec.options)
     _state["strict"] = spec.strict
 
 
-def tokenize(tok, texts: list[str]) -> list[Optional[list[int]]]:
+_PROBES = ["Hello world.", "  leading spaces and café", "Ünïcödé — dashes\tand\ttabs", "x" * 300, "multi\nline\n\ntext"]
+
+
+def batch_encoder(tok) -> Callable[[list[str]], list[list[int]]]:
+    """The fastest batch encoder that gives exactly ``tok(texts, add_special_tokens=False)``.
+
+    Rust's ``encode_batch_fast`` (no offsets, no Python-side conversion) is about 1.7x faster than the
+    transformers call; it is used only when it agrees with that call on probe texts.
+    """
+
+    def hf(texts):
+        return tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+    fast = getattr(getattr(tok, "backend_tokenizer", None), "encode_batch_fast", None)
+    if fast is None:
+        return hf
+
+    def rust(texts):
+        return [e.ids for e in fast(texts, add_special_tokens=False)]
+
+    return rust if rust(_PROBES) == hf(_PROBES) else hf
+
+
+def tokenize(encode, texts: list[str]) -> list[Optional[list[int]]]:
     """Batch-tokenize; if the batch fails, find the culprits one by one (they get None)."""
     if not texts:
         return []
     try:
-        return tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return encode(texts)
     except Exception:
         out = []
         for t in texts:
             try:
-                out.append(tok(t, add_special_tokens=False, return_attention_mask=False)["input_ids"])
+                out.append(encode([t])[0])
             except Exception:
                 out.append(None)
         return out
 
 
 def process_unit(unit: Unit) -> UnitResult:
-    return run_unit(unit, _state["kind"], _state["tok"], _state["strict"])
+    return run_unit(unit, _state["kind"], _state["encode"], _state["strict"])
 
 
-def run_unit(unit: Unit, kind: Kind, tok, strict: bool) -> UnitResult:
+def run_unit(unit: Unit, kind: Kind, encode: Callable, strict: bool) -> UnitResult:
     stats = Stats()
     first_bad = None
     prepared, where = [], []
@@ -97,7 +120,7 @@ def run_unit(unit: Unit, kind: Kind, tok, strict: bool) -> UnitResult:
 
     columns: dict[str, list] = {name: [] for name in kind.features}
     if not (strict and first_bad):
-        flat = tokenize(tok, [t for p in prepared for t in p.texts])
+        flat = tokenize(encode, [t for p in prepared for t in p.texts])
         pos = 0
         for p, location in zip(prepared, where):
             ids = flat[pos : pos + len(p.texts)]
