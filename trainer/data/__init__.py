@@ -1,0 +1,1 @@
+"""Data loading for the training engine: batch samplers."""

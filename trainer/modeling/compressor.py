@@ -1,0 +1,137 @@
+"""The LLM2Comp model: encoder E (LoRA on, bidirectional) and decoder/teacher D (LoRA off, causal) on one
+copy of the base weights, plus K memory tokens (DESIGN.md §1).
+
+Inputs are right-padded token ids with their lengths; the model adds the tokenizer's prefix (BOS, when
+the tokenizer adds one) itself, so shards stay free of special tokens.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .adapters import AdapterSwitch
+from .attention import run_decoder
+from .memory import MemoryTokens, splice_after_text
+
+
+def _positions(n: int, device) -> torch.Tensor:
+    return torch.arange(n, device=device)[None, :]
+
+
+class Compressor(nn.Module):
+    def __init__(self, peft_model: nn.Module, memory_init: torch.Tensor, prefix_ids: list[int], pad_id: int):
+        super().__init__()
+        self.model = peft_model
+        self.memory = MemoryTokens(memory_init)
+        self.register_buffer("prefix_ids", torch.tensor(prefix_ids, dtype=torch.long), persistent=False)
+        self.pad_id = pad_id
+        self.loss_chunk = 1024  # tokens per LM-head chunk in the vocabulary losses
+        self.switch = AdapterSwitch(peft_model)
+        cfg = self.config
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+
+    # -- parts of the base model -------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.model.get_base_model().config
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.get_base_model().get_decoder()
+
+    @property
+    def k(self) -> int:
+        return self.memory.k
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_base_model().get_input_embeddings()(ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on hidden states [N, H] (with the model's final soft-capping, if any)."""
+        z = self.model.get_base_model().get_output_embeddings()(hidden)
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+    def _with_prefix(self, ids: torch.Tensor, lengths: torch.Tensor):
+        p = self.prefix_ids.numel()
+        if p == 0:
+            return ids, lengths
+        prefix = self.prefix_ids.to(ids.device).expand(ids.shape[0], p)
+        return torch.cat([prefix, ids], 1), lengths + p
+
+    # -- E: text -> memory states ------------------------------------------------------------------
+    def memory_states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Final hidden states at the K memory positions of E on [prefix, text, m_1..m_K]: [B, K, H]."""
+        ids, lengths = self._with_prefix(ids, lengths)
+        ids = nn.functional.pad(ids, (0, self.k), value=self.pad_id)
+        embeds, is_memory, mask = splice_after_text(self.embed(ids), lengths, self.memory.weight)
+        with self.switch(True):
+            hidden = run_decoder(self.decoder, bidirectional=True, inputs_embeds=embeds, attention_mask=mask)
+        return hidden[is_memory].view(ids.shape[0], self.k, -1)
+
+    def embed_texts(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The text embedding: mean of the memory states, [B, H]."""
+        return self.memory_states(ids, lengths).mean(1)
+
+    # -- D: memory states -> predictions of targets ------------------------------------------------
+    def decoder_hidden(self, memory: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+        """D (causal, LoRA off) on [prefix, h_1..h_K, targets]; hidden states at the positions that
+        predict each target token (h_K predicts the first), packed sample by sample: [N, H]."""
+        b = memory.shape[0]
+        p = self.prefix_ids.numel()
+        parts = [self.embed(self.prefix_ids.to(targets.device).expand(b, p))] if p else []
+        embeds = torch.cat([*parts, memory.to(self.embed(targets[:, :0]).dtype), self.embed(targets)], 1)
+        pos = _positions(embeds.shape[1], targets.device)
+        start = p + self.k - 1
+        mask = (pos < (start + 1 + target_lengths)[:, None]).long()
+        with self.switch(False):
+            hidden = run_decoder(self.decoder, bidirectional=False, inputs_embeds=embeds, attention_mask=mask)
+        select = (pos >= start) & (pos < start + target_lengths[:, None])
+        return hidden[select]
+
+    @torch.no_grad()
+    def teacher_hidden(self, context: torch.Tensor, context_lengths: torch.Tensor,
+                       targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+        """D on the full text [prefix, context, targets]: hidden states predicting each target token, [N, H]."""
+        full = torch.cat([context, targets], 1)
+        # Move each row's targets right after its context (rows are right-padded).
+        idx = _positions(full.shape[1], full.device).expand(full.shape[0], -1)
+        from_ctx = idx < context_lengths[:, None]
+        src = torch.where(from_ctx, idx, idx - context_lengths[:, None] + context.shape[1])
+        src = src.clamp(max=full.shape[1] - 1)
+        joined = torch.gather(full, 1, src)
+        ids, lengths = self._with_prefix(joined, context_lengths + target_lengths)
+        pos = _positions(ids.shape[1], ids.device)
+        with self.switch(False):
+            hidden = run_decoder(self.decoder, bidirectional=False, input_ids=ids, attention_mask=(pos < lengths[:, None]).long())
+        start = self.prefix_ids.numel() + context_lengths - 1
+        select = (pos >= start[:, None]) & (pos < (start + target_lengths)[:, None])
+        return hidden[select]
+
+    def forward(self, task: str, **batch) -> torch.Tensor:
+        """The entry DeepSpeed calls (so ZeRO-3 gathers parameters); ``task`` picks the computation."""
+        if task == "embed":
+            return self.embed_texts(batch["ids"], batch["lengths"])
+        from ..objectives.compression import compression_loss
+
+        return compression_loss(self, task, batch)
+
+
+def build_compressor(base: nn.Module, k: int, prefix_ids: list[int], pad_id: Optional[int], lora, seed: int = 0,
+                     memory_init: Optional[torch.Tensor] = None) -> Compressor:
+    from .adapters import attach_lora
+    from .memory import initial_memory
+
+    if k <= 0:
+        from data_prep.errors import UserError
+
+        raise UserError(f"model.memory_tokens must be positive, got {k}")
+    if memory_init is None:
+        memory_init = initial_memory(base.get_input_embeddings().weight, k, seed)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    peft_model = attach_lora(base, lora)
+    return Compressor(peft_model, memory_init, prefix_ids, pad_id if pad_id is not None else 0)

@@ -1,0 +1,61 @@
+"""Loading the base causal LM: a local HF folder or a name from the model store, real or randomly initialised."""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+from data_prep.errors import UserError
+
+# Decoder families whose bidirectional switch and padding are covered by the test suite.
+TESTED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(path: str) -> str:
+    """A local folder, or a model-store name such as ``smollm2-135m`` (pulled on first use)."""
+    if os.path.isdir(path):
+        return path
+    from ..model_store import MODELS, pull
+
+    if path in MODELS:
+        return str(pull(path))
+    raise UserError(f"model.path {path!r}: not a local folder nor a known model ({', '.join(sorted(MODELS))})")
+
+
+def load_config(path: str, overrides: Optional[dict] = None):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"model.path {path}: unknown or unreadable architecture: {first}") from None
+    if config.model_type not in TESTED_MODEL_TYPES:
+        warnings.warn(f"model type {config.model_type!r} is not among the tested ones ({', '.join(sorted(TESTED_MODEL_TYPES))})")
+    for key, value in (overrides or {}).items():
+        if not hasattr(config, key):
+            raise UserError(f"model.config_overrides.{key}: {config.model_type} configs have no such field")
+        setattr(config, key, value)
+    return config
+
+
+def load_causal_lm(path: str, dtype: str, attention: str, random_init: bool = False,
+                   config_overrides: Optional[dict] = None, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise UserError(f"model.dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    path = resolve_model_path(path)
+    config = load_config(path, config_overrides)
+    if random_init:
+        torch.manual_seed(seed)  # every rank builds the same random weights
+        config._attn_implementation = attention
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation=attention)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=DTYPES[dtype], attn_implementation=attention
+        )
+    return model, path

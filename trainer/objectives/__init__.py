@@ -1,0 +1,1 @@
+"""Losses: compression (kl, nll, rc) and contrastive."""
