@@ -17,8 +17,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llm2comp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     prep_cli.add_arguments(sub.add_parser("prep", help="tokenize corpora into Arrow shards (offline, CPU)"))
+    p = sub.add_parser("pretrain", help="stage 1: compression pretraining (DeepSpeed)")
+    p.add_argument("--config", required=True, metavar="RECIPE.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data=DIR max_steps=100 model.lora.r=8")
+    p.set_defaults(func=_run_pretrain)
     model_store.add_arguments(sub.add_parser("models", help="fetch real pretrained models for offline use"))
     return parser
+
+
+def _run_pretrain(args) -> int:
+    from .stages.pretrain import run  # torch and deepspeed load only for training commands
+
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,20 @@
+"""Opening `llm2comp prep` outputs for training: right kind, same tokenizer as the model, intact shards."""
+from __future__ import annotations
+
+import datasets
+
+from data_prep.errors import UserError
+from data_prep.manifest import check_tokenizer, read_manifest, verify_shards
+
+
+def open_shards(path: str, kind: str, tokenizer_identity: dict, verify: bool = True):
+    if not path:
+        raise UserError("data.path is empty: give the output directory of `llm2comp prep` (override data=DIR)")
+    manifest = read_manifest(path, kind)
+    check_tokenizer(manifest, tokenizer_identity, path)
+    if verify:
+        verify_shards(path, manifest)
+    dataset = datasets.load_from_disk(path)
+    if len(dataset) == 0:
+        raise UserError(f"{path}: holds no rows")
+    return dataset, manifest

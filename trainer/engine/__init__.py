@@ -1,0 +1,1 @@
+"""The one training engine every stage plugs into (DESIGN.md §4)."""

@@ -1,0 +1,99 @@
+"""Atomic, resumable checkpoints: DeepSpeed state (model, optimizer, scheduler) + every rank's RNG + the
+stage's client state (step, sampler position).
+
+A checkpoint directory counts only once it holds ``COMPLETE``, written by rank 0 after every rank
+finished writing; ``latest`` is then moved with an atomic rename. A crash or a full disk mid-write
+leaves an incomplete directory that resume ignores (and the next save of that step replaces).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .dist import World, barrier
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    def __init__(self, root: str, world: World, keep_last: int = 2):
+        self.root, self.world, self.keep_last = root, world, keep_last
+
+    def tag(self, step: int) -> str:
+        return f"step-{step:08d}"
+
+    def complete(self) -> list[str]:
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(d for d in os.listdir(self.root) if os.path.exists(os.path.join(self.root, d, COMPLETE)))
+
+    def latest(self) -> Optional[str]:
+        """The newest complete checkpoint's directory (the ``latest`` pointer if it is valid, else a scan)."""
+        pointer = os.path.join(self.root, LATEST)
+        if os.path.exists(pointer):
+            with open(pointer) as fh:
+                tag = fh.read().strip()
+            if os.path.exists(os.path.join(self.root, tag, COMPLETE)):
+                return os.path.join(self.root, tag)
+        done = self.complete()
+        return os.path.join(self.root, done[-1]) if done else None
+
+    def save(self, engine, step: int, client_state: dict) -> str:
+        tag = self.tag(step)
+        path = os.path.join(self.root, tag)
+        if self.world.main and os.path.isdir(path):
+            shutil.rmtree(path)  # an incomplete leftover of an earlier attempt at this step
+        barrier()
+        engine.save_checkpoint(self.root, tag=tag, client_state=client_state, save_latest=False)
+        torch.save(rng_state(), os.path.join(path, f"rng-rank{self.world.rank:05d}.pt"))
+        barrier()  # every rank's files are on disk before the checkpoint is declared complete
+        if self.world.main:
+            _atomic_write(os.path.join(path, COMPLETE), json.dumps({"step": step, "world_size": self.world.size}) + "\n")
+            _atomic_write(os.path.join(self.root, LATEST), tag + "\n")
+            for old in self.complete()[: -self.keep_last]:
+                shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+        barrier()
+        return path
+
+    def load(self, engine, path: str) -> dict:
+        with open(os.path.join(path, COMPLETE)) as fh:
+            meta = json.load(fh)
+        root, tag = os.path.split(path.rstrip("/"))
+        _, client_state = engine.load_checkpoint(
+            root, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        rng_file = os.path.join(path, f"rng-rank{self.world.rank:05d}.pt")
+        if meta["world_size"] == self.world.size and os.path.exists(rng_file):
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        return client_state or {}

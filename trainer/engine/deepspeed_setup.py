@@ -1,0 +1,80 @@
+"""DeepSpeed config (ZeRO file + what the recipe decides), optimizer, schedule and ``deepspeed.initialize``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+
+from ..config import ConfigError
+from .settings import OptimSettings, TrainSettings
+
+# Decided by the recipe; a ds_configs file setting them would silently disagree with it.
+RECIPE_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+               "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
+
+
+def load_ds_config(path: str, train: TrainSettings, optim: OptimSettings) -> dict:
+    try:
+        with open(path) as fh:
+            config = json.load(fh)
+    except OSError as e:
+        raise ConfigError(f"train.deepspeed {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError(f"train.deepspeed {path}: not valid JSON ({e})") from None
+    clash = [k for k in RECIPE_KEYS if k in config]
+    if clash:
+        raise ConfigError(f"train.deepspeed {path}: sets {', '.join(clash)}, which the recipe decides; remove them from the file")
+    config.update(
+        train_micro_batch_size_per_gpu=train.micro_batch,
+        gradient_accumulation_steps=train.grad_accum,
+        gradient_clipping=optim.grad_clip,
+        bf16={"enabled": train.precision == "bf16"},
+        steps_per_print=10**9,
+        wall_clock_breakdown=False,
+    )
+    return config
+
+
+def lr_lambda(optim: OptimSettings, max_steps: int):
+    warmup = int(round(optim.warmup_ratio * max_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * decay
+
+    return factor
+
+
+def initialize(model: torch.nn.Module, train: TrainSettings, optim: OptimSettings):
+    import deepspeed
+
+    config = load_ds_config(train.deepspeed, train, optim)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    # A callable, so the schedule wraps the optimizer DeepSpeed actually steps (its ZeRO wrapper).
+    schedule = lr_lambda(optim, train.max_steps)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=config, dist_init_required=False,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+    )
+    return engine, optimizer, scheduler, config
+
+
+def zero_stage(config: dict) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def set_num_threads_for_cpu(world_size: int) -> None:
+    """On CPU, ranks on one machine share its cores: give each its share (unless OMP_NUM_THREADS says)."""
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))))

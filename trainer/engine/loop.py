@@ -1,0 +1,159 @@
+"""The training loop shared by every stage: a stage is a Task that builds its model and data and
+computes a loss; checkpointing, resume, signals, non-finite guards and logging live here once."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from data_prep.errors import UserError
+
+from .checkpoint import Checkpointer
+from .deepspeed_setup import initialize, set_num_threads_for_cpu, zero_stage
+from .dist import World, any_rank, barrier, init_distributed, world_from_env
+from .metrics import MetricsLogger
+from .settings import OptimSettings, TrainSettings
+from .signals import REQUEUE_EXIT, StopRequest
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    tokens: int  # tokens this rank processed for this loss (for tokens/s)
+
+
+class Data(Protocol):
+    def __iter__(self) -> Iterator[dict]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Task(Protocol):
+    """What a stage plugs into the engine."""
+
+    def build_model(self, world: World, device: torch.device) -> torch.nn.Module: ...
+    def build_data(self, world: World) -> Data: ...
+    def loss(self, engine, batch: dict) -> LossOutput: ...
+    def backward(self, engine, out: LossOutput) -> None: ...
+    def save_artifacts(self, engine, directory: str, world: World) -> None: ...
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    # Different dropout masks per rank, reproducible per run.
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print) -> int:
+    """Run (or resume) a stage to ``train_cfg.max_steps``; returns the process exit code."""
+    world = world_from_env()
+    device = init_distributed(world)
+    set_num_threads_for_cpu(world.size)
+    seed_everything(train_cfg.seed, world.rank)
+    say = log if world.main else (lambda *a, **k: None)
+
+    model = task.build_model(world, device)
+    engine, _, scheduler, ds_config = initialize(model, train_cfg, optim)
+    data = task.build_data(world)
+    ckpt = Checkpointer(os.path.join(train_cfg.output_dir, "checkpoints"), world, train_cfg.keep_last)
+
+    step = 0
+    resume_from = None
+    if train_cfg.resume == "auto":
+        resume_from = ckpt.latest()
+    elif train_cfg.resume != "never":
+        resume_from = train_cfg.resume
+        if not os.path.exists(os.path.join(resume_from, "COMPLETE")):
+            raise UserError(f"train.resume {resume_from}: not a complete checkpoint directory")
+    if resume_from:
+        state = ckpt.load(engine, resume_from)
+        step = int(state["step"])
+        data.load_state_dict(state["data"])
+        say(f"resumed from {resume_from} at step {step}")
+
+    stop = StopRequest()
+    metrics = MetricsLogger(train_cfg.output_dir, world.main, step, train_cfg.max_steps,
+                            train_cfg.tensorboard, train_cfg.progress)
+    say(f"training {type(task).__name__} on {world.size} rank(s), ZeRO-{zero_stage(ds_config)}, "
+        f"{train_cfg.precision}, global batch {train_cfg.micro_batch * train_cfg.grad_accum * world.size}")
+
+    def save(at: int) -> None:
+        ckpt.save(engine, at, {"step": at, "data": data.state_dict()})
+
+    batches = iter(data)
+    nonfinite_run = skipped = 0
+    window_loss, window_n, window_tokens, t_window = 0.0, 0, 0, time.monotonic()
+    last_saved = step
+    exit_code = 0
+    try:
+        while step < train_cfg.max_steps:
+            batch = _to_device(next(batches), device)
+            out = task.loss(engine, batch)
+            if any_rank(not bool(torch.isfinite(out.loss.detach()).all()), device):
+                nonfinite_run += 1
+                skipped += 1
+                say(f"step {step}: non-finite loss on some rank; micro-batch skipped ({nonfinite_run} in a row)")
+                if nonfinite_run >= train_cfg.max_nonfinite:
+                    raise NonFiniteLoss(
+                        f"{nonfinite_run} non-finite losses in a row at step {step} (train.max_nonfinite); "
+                        "lower optim.lr, check the data, or resume from an earlier checkpoint"
+                    )
+                continue
+            nonfinite_run = 0
+            task.backward(engine, out)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            window_loss += float(out.loss.detach())
+            window_n += 1
+            window_tokens += out.tokens
+            if not boundary:
+                continue
+            step += 1
+            metrics.advance()
+            if step % train_cfg.log_every == 0 or step == train_cfg.max_steps:
+                stats = torch.tensor([window_loss, window_n, window_tokens], dtype=torch.float64, device=device)
+                if torch.distributed.is_initialized():
+                    torch.distributed.all_reduce(stats)
+                elapsed = time.monotonic() - t_window
+                norm = engine.get_global_grad_norm()
+                metrics.log(step, {
+                    "loss": stats[0].item() / stats[1].item(),
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(norm) if norm is not None else None,
+                    "tokens_per_s": stats[2].item() / elapsed,
+                    "skipped_nonfinite": skipped,
+                })
+                window_loss, window_n, window_tokens, t_window = 0.0, 0, 0, time.monotonic()
+            if any_rank(stop.requested, device):
+                save(step)
+                say(f"stop requested by signal: checkpoint at step {step} written; exiting with {REQUEUE_EXIT} (requeue)")
+                exit_code = REQUEUE_EXIT
+                break
+            if step % train_cfg.save_every == 0 and step < train_cfg.max_steps:
+                save(step)
+                last_saved = step
+        else:
+            if last_saved != step or not ckpt.latest():
+                save(step)
+            task.save_artifacts(engine, os.path.join(train_cfg.output_dir, "final"), world)
+            say(f"done: {step} steps; artifacts in {os.path.join(train_cfg.output_dir, 'final')}")
+    finally:
+        metrics.close()
+    barrier()
+    return exit_code

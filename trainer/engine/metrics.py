@@ -1,0 +1,61 @@
+"""Rank-0 logging: a progress bar, ``metrics.jsonl`` (one object per logged step) and TensorBoard."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+import psutil
+import torch
+from tqdm import tqdm
+
+
+def memory_stats() -> dict:
+    if torch.cuda.is_available():
+        return {"mem_allocated_gb": torch.cuda.max_memory_allocated() / 2**30}
+    return {"mem_rss_gb": psutil.Process().memory_info().rss / 2**30}
+
+
+class MetricsLogger:
+    def __init__(self, output_dir: str, enabled: bool, start_step: int, max_steps: int,
+                 tensorboard: bool = True, progress: bool = True):
+        self.enabled = enabled
+        self.file = None
+        self.tb = None
+        self.bar: Optional[tqdm] = None
+        if not enabled:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.file = open(os.path.join(output_dir, "metrics.jsonl"), "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+        self.bar = tqdm(total=max_steps, initial=start_step, disable=not progress or None, dynamic_ncols=True, unit="step")
+        self.t0 = time.monotonic()
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **values, **memory_stats(), "time": time.time()}
+        self.file.write(json.dumps(record) + "\n")
+        if self.tb:
+            for k, v in record.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}",
+                                 tok_s=f"{values.get('tokens_per_s', 0):,.0f}", refresh=False)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb:
+            self.tb.close()
+        if self.file:
+            self.file.close()

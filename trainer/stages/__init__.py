@@ -1,0 +1,1 @@
+"""Stages: each a Task for the one engine (trainer/engine/loop.py)."""

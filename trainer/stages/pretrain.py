@@ -1,0 +1,113 @@
+"""Stage 1, compression pretraining (DESIGN.md §1): ``llm2comp pretrain --config RECIPE.yaml [key=value ...]``."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from ..config import load_config, save_config
+from ..data.compression import CompressionBatches
+from ..data.shards import open_shards
+from ..engine.loop import LossOutput, train
+from ..engine.settings import OptimSettings, TrainSettings
+from ..modeling.settings import ModelSettings
+
+
+@dataclass
+class DataSettings:
+    path: str = ""
+    group_by_length: bool = True
+    verify_shards: bool = True
+
+
+@dataclass
+class ObjectiveSettings:
+    kind: Literal["kl", "nll", "rc"] = "kl"
+    loss_chunk: int = 1024  # tokens per LM-head chunk
+
+
+@dataclass
+class PretrainRecipe:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        "model": "model.path", "data": "data.path", "output_dir": "train.output_dir",
+        "max_steps": "train.max_steps", "seed": "train.seed", "resume": "train.resume",
+        "objective": "objective.kind", "deepspeed": "train.deepspeed",
+    }
+
+
+class PretrainTask:
+    def __init__(self, recipe: PretrainRecipe):
+        self.recipe = recipe
+        self.identity = None
+
+    def build_model(self, world, device):
+        from ..modeling.adapters import enable_gradient_checkpointing
+        from ..modeling.build import build_model
+
+        model, self.identity = build_model(self.recipe.model, self.recipe.train.seed)
+        model.loss_chunk = self.recipe.objective.loss_chunk
+        if self.recipe.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model.model, model.switch)
+        self.pad_id = model.pad_id
+        return model.to(device)
+
+    def build_data(self, world):
+        r = self.recipe
+        dataset, _ = open_shards(r.data.path, "compression", self.identity, r.data.verify_shards)
+        return CompressionBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed,
+                                  self.pad_id, r.data.group_by_length)
+
+    def loss(self, engine, batch) -> LossOutput:
+        loss = engine(self.recipe.objective.kind, **batch)
+        tokens = int(batch["context_len"].sum() + batch["continuation_len"].sum())
+        return LossOutput(loss, tokens)
+
+    def backward(self, engine, out: LossOutput) -> None:
+        engine.backward(out.loss)
+
+    def save_artifacts(self, engine, directory: str, world) -> None:
+        save_artifacts(engine.module, directory, world, self.recipe, self.identity)
+
+
+def save_artifacts(model, directory: str, world, recipe, identity: dict) -> None:
+    """Adapter (peft folder), memory embeddings (safetensors), resolved recipe and tokenizer identity."""
+    from safetensors.torch import save_file
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    gather = _gathered(trainable)
+    with gather:
+        if world.main:
+            os.makedirs(directory, exist_ok=True)
+            model.model.save_pretrained(os.path.join(directory, "adapter"))
+            save_file({"memory": model.memory.weight.detach().float().cpu().contiguous()},
+                      os.path.join(directory, "memory.safetensors"))
+            save_config(recipe, os.path.join(directory, "recipe.yaml"))
+            with open(os.path.join(directory, "tokenizer_identity.json"), "w") as fh:
+                json.dump(identity, fh, indent=2)
+
+
+def _gathered(params):
+    """ZeRO-3 partitions parameters; gather the (small) trainable ones to save them."""
+    try:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def run(args) -> int:
+    recipe = load_config(PretrainRecipe, args.config, args.overrides)
+    os.makedirs(recipe.train.output_dir, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_config(recipe, os.path.join(recipe.train.output_dir, "recipe.yaml"))
+    return train(PretrainTask(recipe), recipe.train, recipe.optim)
