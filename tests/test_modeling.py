@@ -326,16 +326,7 @@ def test_gradient_checkpointing_with_adapter_switch(family):
 
 
 # -- 7. Memory initialisation --------------------------------------------------------------------------
-def _memory_init_case(family):
-    marks = []
-    if family in ("gemma", "gemma2"):
-        marks.append(pytest.mark.xfail(strict=True, reason=(
-            "Gemma's embedding module multiplies by sqrt(hidden_size); memory.weight is the mean of the raw "
-            "embedding matrix and is spliced into the already scaled inputs_embeds unscaled")))
-    return pytest.param(family, marks=marks)
-
-
-@pytest.mark.parametrize("family", [_memory_init_case(f) for f in ALL])
+@pytest.mark.parametrize("family", ALL)  # Gemma scales embeddings by sqrt(hidden): caught a real bug
 def test_memory_init_near_mean_input_embedding(family):
     base = tiny_causal_lm(family)
     with torch.no_grad():  # real embedding matrices have a clearly nonzero mean; give this one one

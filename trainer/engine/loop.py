@@ -87,6 +87,9 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
         data.load_state_dict(state["data"])
         say(f"resumed from {resume_from} at step {step}")
 
+    requeue_marker = os.path.join(train_cfg.output_dir, "REQUEUE")
+    if world.main and os.path.exists(requeue_marker):
+        os.remove(requeue_marker)
     stop = StopRequest()
     metrics = MetricsLogger(train_cfg.output_dir, world.main, step, train_cfg.max_steps,
                             train_cfg.tensorboard, train_cfg.progress)
@@ -142,6 +145,9 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
                 window_loss, window_n, window_tokens, t_window = 0.0, 0, 0, time.monotonic()
             if any_rank(stop.requested, device):
                 save(step)
+                if world.main:  # launchers like torchrun replace the exit code; the marker survives
+                    with open(requeue_marker, "w") as fh:
+                        fh.write(f"{step}\n")
                 say(f"stop requested by signal: checkpoint at step {step} written; exiting with {REQUEUE_EXIT} (requeue)")
                 exit_code = REQUEUE_EXIT
                 break

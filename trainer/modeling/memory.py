@@ -5,14 +5,24 @@ import torch
 from torch import nn
 
 
-def initial_memory(input_embeddings: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+@torch.no_grad()
+def initial_memory(embedding: nn.Module, vocab_size: int, k: int, seed: int = 0, chunk: int = 8192) -> torch.Tensor:
     """Near the mean input embedding, as a vocabulary resize with mean initialisation would place new
-    tokens; a tiny seeded perturbation keeps the K slots distinct."""
-    weight = input_embeddings.detach().float()
-    mean, std = weight.mean(0), weight.std(0)
+    tokens; a tiny seeded perturbation keeps the K slots distinct.
+
+    The statistics are of the embedding module's *output* (memory vectors are spliced in after it), which
+    differs from its weight in models that scale embeddings (Gemma multiplies by sqrt(hidden))."""
+    total = sq = None
+    for start in range(0, vocab_size, chunk):
+        ids = torch.arange(start, min(start + chunk, vocab_size), device=embedding.weight.device)
+        out = embedding(ids).float()
+        s, q = out.sum(0), (out * out).sum(0)
+        total, sq = (s, q) if total is None else (total + s, sq + q)
+    mean = total / vocab_size
+    std = (sq / vocab_size - mean * mean).clamp_min(0).sqrt()
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(k, weight.shape[1], generator=g) * std * 1e-2
-    return (mean + noise).to(input_embeddings.dtype)
+    noise = torch.randn(k, mean.shape[0], generator=g).to(mean.device) * std * 1e-2
+    return (mean + noise).to(embedding.weight.dtype)
 
 
 def splice_after_text(embeds: torch.Tensor, lengths: torch.Tensor, memory: torch.Tensor):
