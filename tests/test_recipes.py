@@ -1,0 +1,49 @@
+"""Every shipped recipe loads into its typed config; launchers' environments give rank and world."""
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from trainer.config import load_config
+from trainer.engine.dist import world_from_env
+from trainer.stages.pretrain import PretrainRecipe
+
+PRETRAIN = sorted((ROOT / "launch" / "recipes").glob("*-pretrain.yaml"))
+
+
+@pytest.mark.parametrize("path", PRETRAIN, ids=lambda p: p.name)
+def test_pretrain_recipes_load_and_accept_the_standard_overrides(path, tmp_path):
+    r = load_config(PretrainRecipe, path, [f"model={tmp_path}", f"data={tmp_path}/d", f"output_dir={tmp_path}/o",
+                                           "max_steps=7", "seed=3", "resume=never"])
+    assert (r.model.path, r.data.path, r.train.output_dir) == (str(tmp_path), f"{tmp_path}/d", f"{tmp_path}/o")
+    assert (r.train.max_steps, r.train.seed, r.train.resume) == (7, 3, "never")
+    assert (ROOT / r.train.deepspeed).exists()
+
+
+def test_paper_recipe_is_the_paper_setting():
+    r = load_config(PretrainRecipe, ROOT / "launch/recipes/llama2-7b-pretrain.yaml")
+    assert r.model.memory_tokens == 8 and r.objective.kind == "kl"
+    assert (r.model.lora.r, r.model.lora.alpha, r.model.lora.dropout) == (16, 32, 0.05)
+    assert set(r.model.lora.target_modules) == {"q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (r.optim.lr, r.optim.weight_decay, r.optim.grad_clip, r.optim.warmup_ratio) == (1e-4, 1e-5, 2.0, 0.1)
+    assert r.train.precision == "bf16"
+
+
+@pytest.mark.parametrize(
+    "env, expect",
+    [
+        ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (3, 8, 1)),  # torchrun / deepspeed launcher
+        ({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1"}, (5, 16, 1)),  # srun, a task per GPU
+        ({}, (0, 1, 0)),  # a plain `python -m trainer.cli pretrain`
+    ],
+)
+def test_rank_and_world_from_each_launcher(monkeypatch, env, expect):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    w = world_from_env()
+    assert (w.rank, w.size, w.local_rank) == expect
+    import os
+
+    assert os.environ["RANK"] == str(expect[0]) and os.environ["WORLD_SIZE"] == str(expect[1])
