@@ -15,7 +15,12 @@ RECIPE_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_a
                "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def load_ds_config(path: str, train: TrainSettings, optim: OptimSettings) -> dict:
+    if not os.path.exists(path) and os.path.exists(os.path.join(REPO, path)):
+        path = os.path.join(REPO, path)  # recipes name ds_configs/ relative to the project
     try:
         with open(path) as fh:
             config = json.load(fh)

@@ -82,8 +82,9 @@ class Compressor(nn.Module):
         predict each target token (h_K predicts the first), packed sample by sample: [N, H]."""
         b = memory.shape[0]
         p = self.prefix_ids.numel()
+        target_embeds = self.embed(targets)
         parts = [self.embed(self.prefix_ids.to(targets.device).expand(b, p))] if p else []
-        embeds = torch.cat([*parts, memory.to(self.embed(targets[:, :0]).dtype), self.embed(targets)], 1)
+        embeds = torch.cat([*parts, memory.to(target_embeds.dtype), target_embeds], 1)
         pos = _positions(embeds.shape[1], targets.device)
         start = p + self.k - 1
         mask = (pos < (start + 1 + target_lengths)[:, None]).long()
