@@ -77,14 +77,14 @@ def overfit_data(tmp_path_factory, smollm2_tokenizer):
 @pytest.mark.parametrize("zero, micro, accum", [("zero1", 1, 2), ("zero2", 2, 1), ("zero3", 2, 1)])
 def test_two_ranks_overfit_a_small_set_under_each_zero_stage(tmp_path, overfit_data, zero, micro, accum):
     r = launch(2, f"data={overfit_data}", f"output_dir={tmp_path}", f"train.deepspeed={ROOT / 'ds_configs' / (zero + '.json')}",
-               "objective=nll", "max_steps=16", "optim.lr=2e-2", "model.config_overrides.initializer_range=0.3",
+               "objective=nll", "max_steps=20", "optim.lr=2e-2", "model.config_overrides.initializer_range=0.3",
                "optim.warmup_ratio=0", "optim.schedule=constant", f"train.micro_batch={micro}", f"train.grad_accum={accum}",
                "train.save_every=100")
     assert r.returncode == 0, r.stdout[-3000:]
     loss = losses(tmp_path)
-    assert sorted(loss) == list(range(1, 17))
-    first, last = loss[1], min(loss[15], loss[16])
-    assert last < 0.8 * first, f"{zero}: loss did not fall: {loss}"
+    assert sorted(loss) == list(range(1, 21))
+    first, last = loss[1], min(loss[19], loss[20])
+    assert last < 0.85 * first, f"{zero}: loss did not fall: {loss}"
     assert f"ZeRO-{zero[-1]}" in r.stdout
     assert (tmp_path / "final" / "adapter" / "adapter_model.safetensors").exists()
     assert (tmp_path / "final" / "recipe.yaml").exists()
