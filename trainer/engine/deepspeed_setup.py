@@ -18,7 +18,7 @@ RECIPE_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_a
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def load_ds_config(path: str, train: TrainSettings, optim: OptimSettings) -> dict:
+def load_ds_config(path: str, train: TrainSettings, optim: OptimSettings, micro_steps_per_batch: int = 1) -> dict:
     if not os.path.exists(path) and os.path.exists(os.path.join(REPO, path)):
         path = os.path.join(REPO, path)  # recipes name ds_configs/ relative to the project
     try:
@@ -32,8 +32,9 @@ def load_ds_config(path: str, train: TrainSettings, optim: OptimSettings) -> dic
     if clash:
         raise ConfigError(f"train.deepspeed {path}: sets {', '.join(clash)}, which the recipe decides; remove them from the file")
     config.update(
-        train_micro_batch_size_per_gpu=train.micro_batch,
-        gradient_accumulation_steps=train.grad_accum,
+        # With gradient caching a batch is several DeepSpeed micro-steps (one per chunk).
+        train_micro_batch_size_per_gpu=max(1, train.micro_batch // micro_steps_per_batch),
+        gradient_accumulation_steps=train.grad_accum * micro_steps_per_batch,
         gradient_clipping=optim.grad_clip,
         bf16={"enabled": train.precision == "bf16"},
         steps_per_print=10**9,
@@ -57,10 +58,10 @@ def lr_lambda(optim: OptimSettings, max_steps: int):
     return factor
 
 
-def initialize(model: torch.nn.Module, train: TrainSettings, optim: OptimSettings):
+def initialize(model: torch.nn.Module, train: TrainSettings, optim: OptimSettings, micro_steps_per_batch: int = 1):
     import deepspeed
 
-    config = load_ds_config(train.deepspeed, train, optim)
+    config = load_ds_config(train.deepspeed, train, optim, micro_steps_per_batch)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]

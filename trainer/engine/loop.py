@@ -44,8 +44,12 @@ class Task(Protocol):
 
     def build_model(self, world: World, device: torch.device) -> torch.nn.Module: ...
     def build_data(self, world: World) -> Data: ...
+    # DeepSpeed micro-steps one batch takes (gradient caching: one per chunk); it sets DeepSpeed's
+    # gradient_accumulation_steps to train.grad_accum times this.
+    micro_steps_per_batch: int
+
     def loss(self, engine, batch: dict) -> LossOutput: ...
-    def backward(self, engine, out: LossOutput) -> None: ...
+    def update(self, engine, out: LossOutput) -> None: ...  # backward(s) and engine.step()(s) of one batch
     def save_artifacts(self, engine, directory: str, world: World) -> None: ...
 
 
@@ -69,7 +73,7 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
     say = log if world.main else (lambda *a, **k: None)
 
     model = task.build_model(world, device)
-    engine, _, scheduler, ds_config = initialize(model, train_cfg, optim)
+    engine, _, scheduler, ds_config = initialize(model, train_cfg, optim, getattr(task, "micro_steps_per_batch", 1))
     data = task.build_data(world)
     ckpt = Checkpointer(os.path.join(train_cfg.output_dir, "checkpoints"), world, train_cfg.keep_last)
 
@@ -119,9 +123,9 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
                     )
                 continue
             nonfinite_run = 0
-            task.backward(engine, out)
-            boundary = engine.is_gradient_accumulation_boundary()
-            engine.step()
+            before = engine.global_steps
+            task.update(engine, out)
+            boundary = engine.global_steps > before
             window_loss += float(out.loss.detach())
             window_n += 1
             window_tokens += out.tokens

@@ -69,8 +69,11 @@ class PretrainTask:
         tokens = int(batch["context_len"].sum() + batch["continuation_len"].sum())
         return LossOutput(loss, tokens)
 
-    def backward(self, engine, out: LossOutput) -> None:
+    micro_steps_per_batch = 1
+
+    def update(self, engine, out: LossOutput) -> None:
         engine.backward(out.loss)
+        engine.step()
 
     def save_artifacts(self, engine, directory: str, world) -> None:
         save_artifacts(engine.module, directory, world, self.recipe, self.identity)
