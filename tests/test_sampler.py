@@ -99,3 +99,18 @@ def test_bad_state_rejected():
     s = Sampler(LENGTHS, MB, WORLD, 0)
     with pytest.raises(ValueError, match="invalid sampler state"):
         s.load_state_dict({"epoch": 0, "batch_in_epoch": s.batches_per_epoch()})
+
+
+def test_groups_never_mix_within_a_global_batch():
+    groups = np.array([0] * 37 + [1] * 50 + [2] * 13)
+    lengths = np.arange(100) % 17 + 1
+    samplers = [Sampler(lengths, 3, 2, r, seed=4, groups=groups) for r in range(2)]
+    per_epoch = samplers[0].batches_per_epoch()
+    assert per_epoch == 37 // 6 + 50 // 6 + 13 // 6
+    its = [iter(s) for s in samplers]
+    seen_groups = set()
+    for _ in range(per_epoch):
+        batch = [i for it in its for i in next(it)]
+        assert len({int(groups[i]) for i in batch}) == 1
+        seen_groups.add(int(groups[batch[0]]))
+    assert seen_groups == {0, 1, 2}

@@ -21,12 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="RECIPE.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data=DIR max_steps=100 model.lora.r=8")
     p.set_defaults(func=_run_pretrain)
+    p = sub.add_parser("contrast", help="stages 2 and 3: contrastive training with gradient caching (DeepSpeed)")
+    p.add_argument("--config", required=True, metavar="RECIPE.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. init_from=RUN data=DIR chunk=8")
+    p.set_defaults(func=_run_contrast)
     model_store.add_arguments(sub.add_parser("models", help="fetch real pretrained models for offline use"))
     return parser
 
 
 def _run_pretrain(args) -> int:
     from .stages.pretrain import run  # torch and deepspeed load only for training commands
+
+    return run(args)
+
+
+def _run_contrast(args) -> int:
+    from .stages.contrast import run
 
     return run(args)
 

@@ -27,8 +27,11 @@ class SamplerState:
 
 class LengthGroupedBatchSampler:
     def __init__(self, lengths: Sequence[int] | np.ndarray, micro_batch: int, world_size: int, rank: int,
-                 seed: int = 0, group_batches: int = 64, shuffle: bool = True, group_by_length: bool = True):
+                 seed: int = 0, group_batches: int = 64, shuffle: bool = True, group_by_length: bool = True,
+                 groups: Sequence[int] | np.ndarray | None = None):
         self.lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        # groups: a group id per sample; global batches then never mix groups (e.g. one source per batch).
+        self.groups = None if groups is None else np.asarray(groups, dtype=np.int64).reshape(-1)
         n = len(self.lengths)
         if n == 0:
             raise ValueError("dataset is empty")
@@ -50,12 +53,23 @@ class LengthGroupedBatchSampler:
         self.state = SamplerState(epoch=0, batch_in_epoch=0)
 
     def batches_per_epoch(self) -> int:
-        """Global batches per epoch, identical on every rank (drop_last)."""
+        """Global batches per epoch, identical on every rank (drop_last, per group when grouped)."""
+        if self.groups is not None:
+            return int(sum(c // self.global_batch for c in np.unique(self.groups, return_counts=True)[1]))
         return len(self.lengths) // self.global_batch
 
     def epoch_batches(self, epoch: int) -> np.ndarray:
         """All global batches of `epoch` as an array (batches_per_epoch, global_batch) of indices."""
         rng = np.random.default_rng([self.seed, epoch])  # seeded per epoch: any epoch is reproducible alone
+        if self.groups is not None:
+            parts = []
+            for g in np.unique(self.groups):
+                members = np.flatnonzero(self.groups == g)
+                members = rng.permutation(members) if self.shuffle else members
+                whole = len(members) // self.global_batch * self.global_batch
+                parts.append(members[:whole].reshape(-1, self.global_batch))
+            batches = np.concatenate(parts)
+            return batches[rng.permutation(len(batches))] if self.shuffle else batches
         n = len(self.lengths)
         perm = rng.permutation(n) if self.shuffle else np.arange(n)
         nb = self.batches_per_epoch()

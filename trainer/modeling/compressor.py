@@ -132,6 +132,7 @@ def build_compressor(base: nn.Module, k: int, prefix_ids: list[int], pad_id: Opt
         raise UserError(f"model.memory_tokens must be positive, got {k}")
     if memory_init is None:
         memory_init = initial_memory(base.get_input_embeddings(), base.config.get_text_config().vocab_size, k, seed)
+    memory_init = memory_init.to(base.get_input_embeddings().weight.dtype)
     for p in base.parameters():
         p.requires_grad_(False)
     peft_model = attach_lora(base, lora)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from ..artifacts import save_artifacts
 from ..config import load_config, save_config
 from ..data.compression import CompressionBatches
 from ..data.shards import open_shards
@@ -51,7 +52,7 @@ class PretrainTask:
         from ..modeling.adapters import enable_gradient_checkpointing
         from ..modeling.build import build_model
 
-        model, self.identity = build_model(self.recipe.model, self.recipe.train.seed)
+        model, self.identity, self.lineage = build_model(self.recipe.model, self.recipe.train.seed)
         model.loss_chunk = self.recipe.objective.loss_chunk
         if self.recipe.train.gradient_checkpointing:
             enable_gradient_checkpointing(model.model, model.switch)
@@ -76,36 +77,7 @@ class PretrainTask:
         engine.step()
 
     def save_artifacts(self, engine, directory: str, world) -> None:
-        save_artifacts(engine.module, directory, world, self.recipe, self.identity)
-
-
-def save_artifacts(model, directory: str, world, recipe, identity: dict) -> None:
-    """Adapter (peft folder), memory embeddings (safetensors), resolved recipe and tokenizer identity."""
-    from safetensors.torch import save_file
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    gather = _gathered(trainable)
-    with gather:
-        if world.main:
-            os.makedirs(directory, exist_ok=True)
-            model.model.save_pretrained(os.path.join(directory, "adapter"))
-            save_file({"memory": model.memory.weight.detach().float().cpu().contiguous()},
-                      os.path.join(directory, "memory.safetensors"))
-            save_config(recipe, os.path.join(directory, "recipe.yaml"))
-            with open(os.path.join(directory, "tokenizer_identity.json"), "w") as fh:
-                json.dump(identity, fh, indent=2)
-
-
-def _gathered(params):
-    """ZeRO-3 partitions parameters; gather the (small) trainable ones to save them."""
-    try:
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        return contextlib.nullcontext()
+        save_artifacts(engine.module, directory, world, self.recipe, self.identity, self.lineage)
 
 
 def run(args) -> int:

@@ -1,0 +1,62 @@
+"""A stage's output, ``OUTPUT_DIR/final/``: the small files the next stage and export read.
+
+``adapter/`` (peft folder), ``memory.safetensors``, ``recipe.yaml`` (resolved), ``tokenizer_identity.json``
+and ``lineage.json``: how to rebuild the base this run's adapter applies to (the base model, then every
+earlier stage's adapter merged in order).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import torch
+
+from data_prep.errors import UserError
+
+from .config import save_config
+
+FINAL = "final"
+
+
+def _gathered(params):
+    """ZeRO-3 partitions parameters; gather the (small) trainable ones to save them."""
+    try:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+
+
+def save_artifacts(model, directory: str, world, recipe, identity: dict, lineage: dict) -> None:
+    from safetensors.torch import save_file
+
+    with _gathered([p for p in model.parameters() if p.requires_grad]):
+        if world.main:
+            os.makedirs(directory, exist_ok=True)
+            model.model.save_pretrained(os.path.join(directory, "adapter"))
+            save_file({"memory": model.memory.weight.detach().float().cpu().contiguous()},
+                      os.path.join(directory, "memory.safetensors"))
+            save_config(recipe, os.path.join(directory, "recipe.yaml"))
+            with open(os.path.join(directory, "tokenizer_identity.json"), "w") as fh:
+                json.dump(identity, fh, indent=2)
+            mine = {**lineage, "adapters": [*lineage["adapters"], os.path.abspath(os.path.join(directory, "adapter"))]}
+            with open(os.path.join(directory, "lineage.json"), "w") as fh:
+                json.dump(mine, fh, indent=2)
+
+
+def read_run(run_dir: str) -> tuple[dict, torch.Tensor]:
+    """The lineage and memory embeddings of a finished run (a run directory or its ``final/``)."""
+    from safetensors.torch import load_file
+
+    final = run_dir if os.path.exists(os.path.join(run_dir, "lineage.json")) else os.path.join(run_dir, FINAL)
+    path = os.path.join(final, "lineage.json")
+    if not os.path.exists(path):
+        raise UserError(f"init.init_from {run_dir}: no {FINAL}/lineage.json; not a finished llm2comp run")
+    with open(path) as fh:
+        lineage = json.load(fh)
+    missing = [a for a in lineage["adapters"] if not os.path.isdir(a)]
+    if missing:
+        raise UserError(f"init.init_from {run_dir}: adapter {missing[0]} named in lineage.json is missing")
+    return lineage, load_file(os.path.join(final, "memory.safetensors"))["memory"]

@@ -1,0 +1,180 @@
+"""Stages 2 and 3, contrastive training (DESIGN.md §1): ``llm2comp contrast --config RECIPE.yaml [key=value ...]``.
+
+``ucl``: each sentence against itself under other dropout masks, in-batch negatives from every rank.
+``scl``: each query (instruction applied at prep time) against every positive and hard negative of the
+global batch. Both train through gradient caching (``trainer/engine/gradcache.py``) in chunks of
+``contrast.chunk`` rows per rank.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Optional
+
+import torch
+
+from ..artifacts import read_run, save_artifacts
+from ..config import ConfigError, load_config, save_config
+from ..engine import gradcache
+from ..engine.loop import LossOutput, train
+from ..engine.settings import OptimSettings, TrainSettings
+from ..modeling.settings import ModelSettings
+from ..objectives.contrastive import gather_groups, supervised_loss, unsupervised_loss
+
+
+@dataclass
+class InitSettings:
+    init_from: Optional[str] = None  # a finished stage-1 or stage-2 run; none: the plain base model
+    carry_memory: bool = True  # start from that run's memory embeddings
+
+
+@dataclass
+class ContrastSettings:
+    kind: Literal["ucl", "scl"] = "ucl"
+    temperature: float = 0.05
+    attention_dropout: float = 0.2
+    chunk: int = 8  # rows encoded at once per rank (gradient caching); >= rows per batch: no caching
+    negatives: int = 1  # scl: hard negatives per query
+    one_source_per_batch: bool = False  # scl: a global batch holds one `source` only
+
+    def validate(self) -> None:
+        if self.chunk < 1 or self.temperature <= 0 or not 0 <= self.attention_dropout < 1 or self.negatives < 0:
+            raise ConfigError("contrast: need chunk >= 1, temperature > 0, 0 <= attention_dropout < 1, negatives >= 0")
+
+
+@dataclass
+class ContrastData:
+    path: str = ""
+    group_by_length: bool = False  # random batches keep in-batch negatives random
+    verify_shards: bool = True
+
+
+@dataclass
+class ContrastRecipe:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    init: InitSettings = field(default_factory=InitSettings)
+    data: ContrastData = field(default_factory=ContrastData)
+    contrast: ContrastSettings = field(default_factory=ContrastSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        "model": "model.path", "data": "data.path", "output_dir": "train.output_dir",
+        "max_steps": "train.max_steps", "seed": "train.seed", "resume": "train.resume",
+        "init_from": "init.init_from", "chunk": "contrast.chunk", "deepspeed": "train.deepspeed",
+    }
+
+
+def row_seeds(run_seed: int, step: int, micro: int, sample: torch.Tensor, role: torch.Tensor) -> torch.Tensor:
+    """One dropout seed per (step, batch in the step, global sample index, role): the same row gets the
+    same masks whichever rank, chunk or padding it is encoded in."""
+    base = ((run_seed * 1_000_003 + step) * 1009 + micro) % (1 << 40)
+    return (base * 1_000_033 + sample) * 67 + role
+
+
+class ContrastTask:
+    def __init__(self, recipe: ContrastRecipe):
+        self.recipe = recipe
+        c = recipe.contrast
+        b = recipe.train.micro_batch
+        self.rows_per_batch = 2 * b if c.kind == "ucl" else b * (2 + c.negatives)
+        self.micro_steps_per_batch = math.ceil(self.rows_per_batch / c.chunk)
+
+    def build_model(self, world, device):
+        from ..modeling import row_dropout
+        from ..modeling.adapters import enable_gradient_checkpointing
+        from ..modeling.build import build_model
+
+        r = self.recipe
+        lineage = memory = None
+        if r.init.init_from:
+            lineage, memory = read_run(r.init.init_from)
+            memory = memory if r.init.carry_memory else None
+        model, self.identity, self.lineage = build_model(r.model, r.train.seed, lineage, memory)
+        cfg = model.config
+        cfg.attention_dropout = r.contrast.attention_dropout
+        if r.contrast.attention_dropout > 0:
+            # Row-seeded attention dropout (plain SDPA whenever it is off) keeps caching exact.
+            cfg._attn_implementation = row_dropout.register_attention()
+        row_dropout.install(model.model)
+        if r.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model.model, model.switch)
+        self.pad_id = model.pad_id
+        return model.to(device)
+
+    def build_data(self, world):
+        from ..data.contrast import PairBatches, SentenceBatches
+        from ..data.shards import open_shards
+
+        r = self.recipe
+        kind = "sentences" if r.contrast.kind == "ucl" else "pairs"
+        dataset, _ = open_shards(r.data.path, kind, self.identity, r.data.verify_shards)
+        self.world = world
+        if kind == "sentences":
+            return SentenceBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed, self.pad_id,
+                                   r.data.group_by_length)
+        data = PairBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed, self.pad_id,
+                           r.contrast.negatives, r.contrast.one_source_per_batch, r.data.group_by_length)
+        if data.dropped and world.main:
+            print(f"{data.dropped:,} pairs have fewer than {r.contrast.negatives} hard negatives and are not used")
+        return data
+
+    # -- one batch ---------------------------------------------------------------------------------
+    def rows(self, batch: dict, step: int, micro: int) -> tuple[gradcache.Rows, dict]:
+        b = self.recipe.train.micro_batch
+        first = self.world.rank * b  # global index of this rank's first sample
+        sample = torch.arange(first, first + b)
+        seed = self.recipe.train.seed
+        if self.recipe.contrast.kind == "ucl":
+            ids = torch.cat([batch["ids"], batch["ids"]])
+            lengths = torch.cat([batch["lengths"], batch["lengths"]])
+            seeds = row_seeds(seed, step, micro, torch.cat([sample, sample]),
+                              torch.cat([torch.zeros(b, dtype=torch.long), torch.ones(b, dtype=torch.long)]))
+            return gradcache.Rows(ids, lengths, seeds), {"view1": b, "view2": b}
+        n = self.recipe.contrast.negatives
+        parts = [batch["query"], batch["positive"], batch["negative"]]
+        width = max(p.shape[1] for p in parts)
+        ids = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=self.pad_id) for p in parts])
+        lengths = torch.cat([batch["query_len"], batch["positive_len"], batch["negative_len"]])
+        neg_sample = sample.repeat_interleave(n)
+        neg_role = 2 + torch.arange(n).repeat(b)
+        seeds = row_seeds(seed, step, micro, torch.cat([sample, sample, neg_sample]),
+                          torch.cat([torch.zeros(b, dtype=torch.long), torch.ones(b, dtype=torch.long), neg_role]))
+        return gradcache.Rows(ids, lengths, seeds), {"query": b, "positive": b, "negative": b * n}
+
+    def loss_fn(self, sizes: dict):
+        c = self.recipe.contrast
+        fn = unsupervised_loss if c.kind == "ucl" else supervised_loss
+        return lambda local: fn(gather_groups(local, sizes), c.temperature)
+
+    def loss(self, engine, batch) -> LossOutput:
+        micro = (engine.micro_steps // self.micro_steps_per_batch) % self.recipe.train.grad_accum
+        rows, sizes = self.rows({k: v.cpu() for k, v in batch.items()}, engine.global_steps, micro)
+        device = batch[next(iter(batch))].device
+        rows = gradcache.Rows(rows.ids.to(device), rows.lengths.to(device), rows.seeds.to(device))
+        embed = lambda ids, lengths: engine("embed", ids=ids, lengths=lengths)
+        local = gradcache.encode_without_graph(embed, rows, self.recipe.contrast.chunk)
+        loss, grad = gradcache.loss_and_row_gradients(local, self.loss_fn(sizes))
+        self._pending = (embed, rows, grad)
+        return LossOutput(loss, int(rows.lengths.sum()))
+
+    def update(self, engine, out: LossOutput) -> None:
+        embed, rows, grad = self._pending
+        # DeepSpeed averages gradients over ranks and each rank holds only its rows' share of the global
+        # loss's gradient: scale by the world size; average over accumulated batches.
+        scale = self.world.size / self.recipe.train.grad_accum
+        gradcache.replay(embed, rows, grad * scale, self.recipe.contrast.chunk,
+                         backward=lambda s: engine.backward(s, scale_wrt_gas=False), step=engine.step)
+        self._pending = None
+
+    def save_artifacts(self, engine, directory: str, world) -> None:
+        save_artifacts(engine.module, directory, world, self.recipe, self.identity, self.lineage)
+
+
+def run(args) -> int:
+    recipe = load_config(ContrastRecipe, args.config, args.overrides)
+    os.makedirs(recipe.train.output_dir, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_config(recipe, os.path.join(recipe.train.output_dir, "recipe.yaml"))
+    return train(ContrastTask(recipe), recipe.train, recipe.optim)
