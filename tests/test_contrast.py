@@ -1,0 +1,191 @@
+"""Stages 2 and 3 on CPU: cached gradients across 2 ranks under ZeRO-2/3 equal a single-process uncached
+full-batch computation (dropout on); negatives cross ranks; chaining; resume; bad inputs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+
+from conftest import ROOT, env_with_root, make_docs, write_jsonl
+from test_pretrain import free_port, launch as launch_pretrain, losses, final_weights
+
+RECIPES = ROOT / "launch" / "recipes"
+DRIVER = ROOT / "tests" / "drivers" / "contrast_grads.py"
+
+
+def cli_env():
+    env = env_with_root()
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def contrast(nproc, recipe, *overrides, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+           "-m", "trainer.cli", "contrast", "--config", str(recipe), "train.progress=false", *map(str, overrides)]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+
+
+def prep(*args):
+    from trainer.cli import main
+
+    assert main(["prep", *map(str, args), "--workers", "1", "--no-progress"]) == 0
+
+
+@pytest.fixture(scope="session")
+def sentences(tmp_path_factory, smollm2_tokenizer):
+    d = tmp_path_factory.mktemp("sentences")
+    docs = make_docs(64, seed=21, lengths=(6, 12, 20))
+    (d / "s.txt").write_text("\n".join(x["text"] for x in docs) + "\n")
+    prep("sentences", "--input", d / "s.txt", "--tokenizer", smollm2_tokenizer, "--output", d / "shards", "--max-tokens", "32")
+    return d / "shards"
+
+
+@pytest.fixture(scope="session")
+def pairs(tmp_path_factory, smollm2_tokenizer):
+    d = tmp_path_factory.mktemp("pairs")
+    docs = make_docs(96, seed=22, lengths=(5, 9, 14))
+    rows = [{"query": docs[i]["text"], "positive": docs[i + 1]["text"], "negatives": [docs[i + 2]["text"]],
+             "source": f"src{i % 2}"} for i in range(0, 96, 3)]
+    write_jsonl(d / "p.jsonl", rows)
+    prep("pairs", "--input", d / "p.jsonl", "--tokenizer", smollm2_tokenizer, "--output", d / "shards",
+         "--max-tokens", "32", "--instruction", "Find the continuation")
+    return d / "shards"
+
+
+@pytest.fixture(scope="session")
+def stage1_run(tmp_path_factory, smollm2_tokenizer):
+    d = tmp_path_factory.mktemp("stage1")
+    src = write_jsonl(d / "docs.jsonl", make_docs(24, seed=5, lengths=(40, 80)))
+    prep("compression", "--input", src, "--tokenizer", smollm2_tokenizer, "--output", d / "shards", "--max-tokens", "64")
+    r = launch_pretrain(1, f"data={d / 'shards'}", f"output_dir={d / 'run'}", "max_steps=3", "train.micro_batch=4")
+    assert r.returncode == 0, r.stdout[-3000:]
+    return d / "run"
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("kind", ["ucl", "scl"])
+def test_cached_two_rank_gradients_equal_single_process_uncached(tmp_path, sentences, pairs, stage1_run, zero, kind):
+    data = sentences if kind == "ucl" else pairs
+    recipe = RECIPES / f"tiny-cpu-{kind}.yaml"
+    common = [f"data={data}", f"init_from={stage1_run}", "model.lora.dropout=0.1", "train.seed=7",
+              f"train.deepspeed={ROOT / 'ds_configs' / (zero + '.json')}"]
+    if kind == "scl":
+        common.append("contrast.attention_dropout=0.2")  # dropout on in both stages' tests
+    env = cli_env()
+    ref = subprocess.run([sys.executable, str(DRIVER), "reference", str(tmp_path / "ref.pt"), str(recipe), *common,
+                          "train.micro_batch=8", "chunk=1000"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    got = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+                          str(DRIVER), "cached", str(tmp_path / "got.pt"), str(recipe), *common, "train.micro_batch=4", "chunk=2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    a, b = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "got.pt")
+    assert abs(a["loss"] - b["loss"]) < 1e-5, (a["loss"], b["loss"])
+    # Cross-device negatives: the global loss is not what rank 0 computes from its own rows alone.
+    assert abs(b["alone"] - b["loss"]) > 1e-3
+    assert a["grads"].keys() == b["grads"].keys() and any("lora" in k for k in a["grads"])
+    for k, ref_grad in a["grads"].items():
+        err = ((b["grads"][k] - ref_grad).abs().max() / ref_grad.abs().max().clamp_min(1e-3)).item()
+        assert err < 1e-5, (k, err)
+
+
+def _gather_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    from trainer.objectives.contrastive import gather_groups, supervised_loss
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(100 + rank)
+    # Rank 0 holds one query/positive pair and no negatives; rank 1 holds only hard negatives.
+    sizes = {"query": 1, "positive": 1, "negative": 0} if rank == 0 else {"query": 0, "positive": 0, "negative": 3}
+    local = torch.randn(sum(sizes.values()), 8, generator=g, requires_grad=True)
+    loss = supervised_loss(gather_groups(local, sizes), 0.5)
+    loss.backward()
+    torch.save({"loss": loss.item(), "local": local.detach(), "grad": local.grad}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_negatives_cross_ranks_and_gradients_return_to_their_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    from trainer.objectives.contrastive import supervised_loss
+
+    mp.spawn(_gather_worker, args=(2, free_port(), str(tmp_path / "r")), nprocs=2)
+    r0, r1 = torch.load(f"{tmp_path}/r.0"), torch.load(f"{tmp_path}/r.1")
+    assert abs(r0["loss"] - r1["loss"]) < 1e-6  # every rank computes the same global loss
+    # Rank 1's rows are only negatives of rank 0's query: the loss depends on them...
+    leaf = torch.cat([r0["local"], r1["local"]]).requires_grad_(True)
+    ref = supervised_loss({"query": leaf[:1], "positive": leaf[1:2], "negative": leaf[2:]}, 0.5)
+    ref.backward()
+    alone = supervised_loss({"query": leaf[:1], "positive": leaf[1:2], "negative": leaf[2:2]}, 0.5)
+    assert abs(ref.item() - r0["loss"]) < 1e-6 and abs(alone.item() - r0["loss"]) > 1e-3
+    # ...and their gradient arrives on rank 1, the rank that encoded them.
+    assert r1["grad"].abs().sum() > 0
+    assert torch.allclose(r0["grad"], leaf.grad[:2], atol=1e-6) and torch.allclose(r1["grad"], leaf.grad[2:], atol=1e-6)
+
+
+def test_chain_from_stage1_resume_equals_uninterrupted(tmp_path, sentences, stage1_run):
+    common = [f"data={sentences}", f"init_from={stage1_run}", "max_steps=8", "train.save_every=100", "chunk=3"]
+    whole = contrast(2, RECIPES / "tiny-cpu-ucl.yaml", *common, f"output_dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stdout[-3000:]
+    part = tmp_path / "part"
+    proc = contrast(2, RECIPES / "tiny-cpu-ucl.yaml", *common, f"output_dir={part}", wait=False)
+    deadline = time.monotonic() + 300
+    while not (part / "metrics.jsonl").exists() or len((part / "metrics.jsonl").read_text().splitlines()) < 2:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for w in psutil.Process(proc.pid).children(recursive=True):
+        w.send_signal(signal.SIGUSR1)
+    out = proc.communicate(timeout=300)[0]
+    assert "exitcode: 75" in out and (part / "REQUEUE").exists(), out[-3000:]
+    stopped = max(losses(part))
+    assert stopped < 8
+    resumed = contrast(2, RECIPES / "tiny-cpu-ucl.yaml", *common, f"output_dir={part}")
+    assert resumed.returncode == 0 and f"at step {stopped}" in resumed.stdout, resumed.stdout[-3000:]
+    a, b = losses(tmp_path / "whole"), losses(part)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for s in a:
+        assert abs(a[s] - b[s]) <= 1e-6 * max(1.0, abs(a[s])), (s, a[s], b[s])
+    wa, wb = final_weights(tmp_path / "whole"), final_weights(part)
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, k
+    lineage = json.loads((part / "final" / "lineage.json").read_text())
+    assert lineage["adapters"] == [str(stage1_run / "final" / "adapter"), str(part / "final" / "adapter")]
+
+
+def test_plain_base_then_scl_from_the_ucl_run(tmp_path, sentences, pairs):
+    ucl = contrast(1, RECIPES / "tiny-cpu-ucl.yaml", f"data={sentences}", f"output_dir={tmp_path / 'ucl'}", "max_steps=2")
+    assert ucl.returncode == 0, ucl.stdout[-3000:]
+    scl = contrast(2, RECIPES / "tiny-cpu-scl.yaml", f"data={pairs}", f"init_from={tmp_path / 'ucl'}",
+                   f"output_dir={tmp_path / 'scl'}", "max_steps=2", "contrast.one_source_per_batch=true", "chunk=2")
+    assert scl.returncode == 0, scl.stdout[-3000:]
+    assert len(json.loads((tmp_path / "scl" / "final" / "lineage.json").read_text())["adapters"]) == 2
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, sentences, pairs):
+    cases = [
+        (RECIPES / "tiny-cpu-ucl.yaml", [f"data={pairs}"], ["holds 'pairs' shards", "expected 'sentences'"]),
+        (RECIPES / "tiny-cpu-scl.yaml", [f"data={sentences}"], ["holds 'sentences' shards", "expected 'pairs'"]),
+        (RECIPES / "tiny-cpu-ucl.yaml", [f"data={sentences}", "train.micro_batch=100"],
+         ["smaller than one global batch", "micro_batch 100"]),
+        (RECIPES / "tiny-cpu-scl.yaml", [f"data={pairs}", "contrast.negatives=3"], ["contrast.negatives", "3 hard negatives"]),
+        (RECIPES / "tiny-cpu-ucl.yaml", [f"data={sentences}", f"init_from={tmp_path}"], ["init.init_from", "lineage.json"]),
+        (RECIPES / "tiny-cpu-ucl.yaml", [f"data={sentences}", "chunk=0"], ["chunk >= 1"]),
+    ]
+    for recipe, overrides, needles in cases:
+        r = subprocess.run([sys.executable, "-m", "trainer.cli", "contrast", "--config", str(recipe), "train.progress=false",
+                            f"output_dir={tmp_path / 'run'}", *map(str, overrides)],
+                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+        err = [l for l in r.stderr.splitlines() if "error:" in l]
+        assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, (overrides, r.stderr[-2000:])
+        for n in needles:
+            assert n in err[0], (overrides, err[0])
