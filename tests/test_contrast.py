@@ -84,7 +84,9 @@ def test_cached_two_rank_gradients_equal_single_process_uncached(tmp_path, sente
                           "train.micro_batch=8", "chunk=1000"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-3000:]
     got = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-                          str(DRIVER), "cached", str(tmp_path / "got.pt"), str(recipe), *common, "train.micro_batch=4", "chunk=2"],
+                          str(DRIVER), "cached", str(tmp_path / "got.pt"), str(recipe), *common, "train.micro_batch=4", "chunk=2",
+                          # ZeRO-3 also with gradient checkpointing: recomputation must replay the same dropout.
+                          f"train.gradient_checkpointing={zero == 'zero3'}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
     a, b = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "got.pt")
