@@ -25,6 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="RECIPE.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. init_from=RUN data=DIR chunk=8")
     p.set_defaults(func=_run_contrast)
+    p = sub.add_parser("export", help="a finished run as one self-contained encoder directory")
+    p.add_argument("--run", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.set_defaults(func=_lazy("trainer.export"))
+    p = sub.add_parser("encode", help="embed texts (.txt lines or .jsonl with --text-field) into a .npy file")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--input", required=True, metavar="FILE")
+    p.add_argument("--output", required=True, metavar="FILE.npy")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--instruction", default=None)
+    p.set_defaults(func=_lazy("trainer.encode_cli"))
     model_store.add_arguments(sub.add_parser("models", help="fetch real pretrained models for offline use"))
     return parser
 
@@ -33,6 +46,17 @@ def _run_pretrain(args) -> int:
     from .stages.pretrain import run  # torch and deepspeed load only for training commands
 
     return run(args)
+
+
+def _lazy(module: str):
+    """A command whose module (and torch) is imported only when it runs."""
+
+    def run(args) -> int:
+        import importlib
+
+        return importlib.import_module(module).run(args)
+
+    return run
 
 
 def _run_contrast(args) -> int:

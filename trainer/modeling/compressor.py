@@ -13,7 +13,7 @@ from torch import nn
 
 from .adapters import AdapterSwitch
 from .attention import run_decoder
-from .memory import MemoryTokens, splice_after_text
+from .memory import MemoryTokens, encode_memory
 
 
 def _positions(n: int, device) -> torch.Tensor:
@@ -65,12 +65,8 @@ class Compressor(nn.Module):
     # -- E: text -> memory states ------------------------------------------------------------------
     def memory_states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Final hidden states at the K memory positions of E on [prefix, text, m_1..m_K]: [B, K, H]."""
-        ids, lengths = self._with_prefix(ids, lengths)
-        ids = nn.functional.pad(ids, (0, self.k), value=self.pad_id)
-        embeds, is_memory, mask = splice_after_text(self.embed(ids), lengths, self.memory.weight)
         with self.switch(True):
-            hidden = run_decoder(self.decoder, bidirectional=True, inputs_embeds=embeds, attention_mask=mask)
-        return hidden[is_memory].view(ids.shape[0], self.k, -1)
+            return encode_memory(self.decoder, self.embed, self.memory.weight, self.prefix_ids, self.pad_id, ids, lengths)
 
     def embed_texts(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The text embedding: mean of the memory states, [B, H]."""

@@ -40,6 +40,23 @@ def splice_after_text(embeds: torch.Tensor, lengths: torch.Tensor, memory: torch
     return spliced, is_memory, attention_mask
 
 
+def encode_memory(decoder: nn.Module, embed, memory: torch.Tensor, prefix_ids: torch.Tensor, pad_id: int,
+                  ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """E on [prefix, text, m_1..m_K] (right-padded ids): final hidden states at the memory positions, [B, K, H].
+
+    Shared by training (adapter on) and the exported encoder (adapter merged)."""
+    from .attention import run_decoder
+
+    k = memory.shape[0]
+    if prefix_ids.numel():
+        ids = torch.cat([prefix_ids.to(ids.device).expand(ids.shape[0], -1), ids], 1)
+        lengths = lengths + prefix_ids.numel()
+    ids = nn.functional.pad(ids, (0, k), value=pad_id)
+    embeds, is_memory, mask = splice_after_text(embed(ids), lengths, memory)
+    hidden = run_decoder(decoder, bidirectional=True, inputs_embeds=embeds, attention_mask=mask)
+    return hidden[is_memory].view(ids.shape[0], k, -1)
+
+
 class MemoryTokens(nn.Module):
     def __init__(self, init: torch.Tensor):
         super().__init__()

@@ -1,0 +1,83 @@
+"""Export and encode: the exported directory gives the training-time encoder's embeddings."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, make_docs
+from test_contrast import RECIPES, cli_env, contrast, sentences, stage1_run, pairs  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(scope="session")
+def ucl_run(tmp_path_factory, sentences, stage1_run):
+    d = tmp_path_factory.mktemp("ucl_run")
+    r = contrast(1, RECIPES / "tiny-cpu-ucl.yaml", f"data={sentences}", f"init_from={stage1_run}",
+                 f"output_dir={d}", "max_steps=3")
+    assert r.returncode == 0, r.stdout[-3000:]
+    return d
+
+
+def training_time_encoder(run):
+    """The stage's E as it was at the end of training: earlier adapters merged, this run's LoRA on top."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from trainer.artifacts import read_run
+    from trainer.config import load_config
+    from trainer.modeling.build import build_model
+    from trainer.stages.contrast import ContrastRecipe
+
+    lineage, memory = read_run(str(run))
+    recipe = load_config(ContrastRecipe, run / "final" / "recipe.yaml")
+    earlier = {**lineage, "adapters": lineage["adapters"][:-1]}
+    comp, identity, _ = build_model(recipe.model, recipe.train.seed, earlier, memory)
+    set_peft_model_state_dict(comp.model, load_file(run / "final" / "adapter" / "adapter_model.safetensors"))
+    return comp.eval(), identity
+
+
+def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm2_tokenizer):
+    from trainer.cli import main
+    from trainer.data.compression import pad_right
+    from trainer.encoder import Encoder
+
+    assert main(["export", "--run", str(ucl_run), "--output", str(tmp_path / "exp")]) == 0
+    config = json.loads((tmp_path / "exp" / "llm2comp_config.json").read_text())
+    assert config["memory_tokens"] == 4 and len(config["lineage"]["adapters"]) == 2
+    assert all(p.suffix != ".bin" for p in (tmp_path / "exp").iterdir())  # safetensors only
+
+    texts = [d["text"] for d in make_docs(7, seed=31, lengths=(3, 15, 40))]
+    exported = Encoder.from_pretrained(str(tmp_path / "exp")).encode(texts, batch_size=3)
+    assert exported.dtype == np.float32 and exported.shape == (7, 64)
+
+    comp, identity = training_time_encoder(ucl_run)
+    from data_prep.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_tokenizer)
+    with torch.no_grad():
+        ids, lengths = pad_right(tok(texts, add_special_tokens=False)["input_ids"], comp.pad_id)
+        trained = comp.embed_texts(ids, lengths).numpy()
+    # Merging W + BA changes rounding only.
+    assert np.abs(exported - trained).max() <= 1e-4 * np.abs(trained).max()
+    # Bidirectional attention survives the export: the first memory state depends on the text's end.
+    other = Encoder.from_pretrained(str(tmp_path / "exp")).encode([texts[2] + " river"], batch_size=1)
+    assert np.abs(other[0] - exported[2]).max() > 1e-4
+
+    # The CLI gives the in-process API's embeddings.
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    for name in ("t.txt", "t.jsonl"):
+        r = subprocess.run([sys.executable, "-m", "trainer.cli", "encode", "--model", str(tmp_path / "exp"),
+                            "--input", str(tmp_path / name), "--output", str(tmp_path / f"{name}.npy"), "--batch-size", "2"],
+                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert np.allclose(np.load(tmp_path / f"{name}.npy"), exported, atol=1e-6)
+
+
+def test_export_and_encode_errors(tmp_path, cli):
+    code, _, err = cli("export", "--run", str(tmp_path), "--output", str(tmp_path / "x"))
+    assert code == 2 and "lineage.json" in err and "Traceback" not in err
+    code, _, err = cli("encode", "--model", str(tmp_path), "--input", str(tmp_path / "none.txt"), "--output", str(tmp_path / "o.npy"))
+    assert code == 2 and "none.txt" in err

@@ -1,0 +1,80 @@
+"""The exported encoder: ``Encoder.from_pretrained(DIR).encode(texts, batch_size=..., instruction=None)``.
+
+DIR (written by ``llm2comp export``) holds the causal LM with every stage's adapter merged, the memory
+embeddings, the tokenizer and ``llm2comp_config.json``. Encoding is the training-time E: bidirectional
+attention on [prefix, text, m_1..m_K], mean of the final hidden states at the memory positions.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from data_prep.errors import UserError
+
+CONFIG = "llm2comp_config.json"
+FORMAT_VERSION = 1
+
+
+class Encoder:
+    def __init__(self, model, tokenizer, memory: torch.Tensor, config: dict):
+        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        self.device = next(model.parameters()).device
+        self.memory = memory.to(self.device, next(model.parameters()).dtype)
+        self.prefix_ids = torch.tensor(config["prefix_ids"], dtype=torch.long)
+        self.pad_id = int(config["pad_id"])
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: Optional[str] = None, dtype: Optional[str] = None) -> "Encoder":
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cfg_path = os.path.join(path, CONFIG)
+        if not os.path.exists(cfg_path):
+            raise UserError(f"{path}: no {CONFIG}; not an `llm2comp export` directory")
+        with open(cfg_path) as fh:
+            config = json.load(fh)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: None}[dtype]
+        if torch_dtype is None:
+            torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa").to(device)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        memory = load_file(os.path.join(path, "memory.safetensors"))["memory"]
+        return cls(model, tokenizer, memory, config)
+
+    @property
+    def dimension(self) -> int:
+        return self.memory.shape[1]
+
+    def format(self, text: str, instruction: Optional[str]) -> str:
+        if not instruction:
+            return text
+        return self.config["instruction_template"].format(instruction=instruction, query=text)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 32, instruction: Optional[str] = None,
+               show_progress: bool = False, **_) -> np.ndarray:
+        """float32 [len(texts), hidden]; texts are encoded longest first so batches carry little padding."""
+        from tqdm import tqdm
+
+        from .data.compression import pad_right
+        from .modeling.memory import encode_memory
+
+        texts = [self.format(t, instruction) for t in texts]
+        max_len = int(self.config.get("max_length", 512))
+        ids = [x[:max_len] for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        decoder = self.model.get_decoder()
+        embed = self.model.get_input_embeddings()
+        for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, unit="batch"):
+            rows = order[start : start + batch_size]
+            batch, lengths = pad_right([ids[i] or [self.pad_id] for i in rows], self.pad_id)
+            states = encode_memory(decoder, embed, self.memory, self.prefix_ids, self.pad_id,
+                                   batch.to(self.device), lengths.to(self.device))
+            out[rows] = states.mean(1).float().cpu().numpy()
+        return out
