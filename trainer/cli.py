@@ -38,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--instruction", default=None)
     p.set_defaults(func=_lazy("trainer.encode_cli"))
+    ev = sub.add_parser("eval", help="evaluate an encoder").add_subparsers(dest="benchmark", required=True)
+    p = ev.add_parser("sts", help="Spearman x100 of cosine similarity on every STS set in --data")
+    p.add_argument("--model", required=True, metavar="DIR", help="llm2comp export, sentence-transformers or causal LM folder")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--output", metavar="FILE.json")
+    p.add_argument("--pooling", choices=["mean", "last", "memory"], help="for a plain causal LM")
+    p.add_argument("--stsb-split", default="test", choices=["test", "dev", "train"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_lazy("trainer.eval_cli"))
     model_store.add_arguments(sub.add_parser("models", help="fetch real pretrained models for offline use"))
     return parser
 

@@ -1,0 +1,1 @@
+"""Evaluation of encoders: STS (Spearman of cosine similarity)."""

@@ -1,0 +1,89 @@
+"""Whatever ``--model`` names, as ``encode(texts) -> float32 [N, H]``: an llm2comp export, a
+sentence-transformers directory, or a plain causal LM with a pooling baseline (mean, last, memory)."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from data_prep.errors import UserError
+
+POOLINGS = ("mean", "last", "memory")
+
+
+def load_encoder(path: str, pooling: Optional[str] = None, batch_size: int = 32) -> Callable[[list[str]], np.ndarray]:
+    from ..encoder import CONFIG, Encoder
+
+    if not os.path.isdir(path):
+        raise UserError(f"--model {path}: no such directory")
+    if os.path.exists(os.path.join(path, CONFIG)):
+        enc = Encoder.from_pretrained(path)
+        return lambda texts: enc.encode(texts, batch_size=batch_size)
+    if os.path.exists(os.path.join(path, "modules.json")):
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
+        return lambda texts: st.encode(texts, batch_size=batch_size, convert_to_numpy=True).astype(np.float32)
+    if os.path.exists(os.path.join(path, "config.json")):
+        if pooling not in POOLINGS:
+            raise UserError(f"--model {path} is a plain causal LM: choose --pooling {'|'.join(POOLINGS)}")
+        return PooledLM(path, pooling).encoder(batch_size)
+    raise UserError(f"--model {path}: neither an llm2comp export, a sentence-transformers folder nor a HF model")
+
+
+class PooledLM:
+    """Baselines on an untrained causal LM: mean or last-token pooling (causal, as the LM was trained), or
+    the LLM2Comp encoding with K fresh memory tokens (bidirectional) before any training."""
+
+    def __init__(self, path: str, pooling: str, k: int = 8):
+        from data_prep.tokenizer import load_tokenizer, tokenizer_identity
+        from transformers import AutoModelForCausalLM
+
+        from ..modeling.memory import initial_memory
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(self.device).eval()
+        self.tok = load_tokenizer(path)
+        self.prefix = torch.tensor(tokenizer_identity(self.tok)["prefix_ids"], dtype=torch.long)
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
+        self.pooling = pooling
+        emb = self.model.get_input_embeddings()
+        self.memory = initial_memory(emb, emb.weight.shape[0], k) if pooling == "memory" else None
+
+    @torch.no_grad()
+    def embed(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        from ..modeling.attention import run_decoder
+        from ..modeling.memory import encode_memory
+
+        decoder = self.model.get_decoder()
+        if self.pooling == "memory":
+            return encode_memory(decoder, self.model.get_input_embeddings(), self.memory, self.prefix, self.pad,
+                                 ids, lengths).mean(1)
+        p = self.prefix.numel()
+        if p:
+            ids = torch.cat([self.prefix.to(ids.device).expand(ids.shape[0], -1), ids], 1)
+        mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < (lengths + p)[:, None]).long()
+        hidden = run_decoder(decoder, bidirectional=False, input_ids=ids, attention_mask=mask)
+        if self.pooling == "last":
+            return hidden[torch.arange(ids.shape[0]), lengths + p - 1]
+        text = mask.clone()
+        text[:, :p] = 0  # the prefix (BOS) is not part of the text
+        return (hidden * text[..., None]).sum(1) / text.sum(1, keepdim=True)
+
+    def encoder(self, batch_size: int):
+        from ..data.compression import pad_right
+
+        def encode(texts: list[str]) -> np.ndarray:
+            ids = [x[:512] or [self.pad] for x in self.tok(texts, add_special_tokens=False)["input_ids"]]
+            order = np.argsort([-len(x) for x in ids], kind="stable")
+            out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+            for s in range(0, len(order), batch_size):
+                rows = order[s : s + batch_size]
+                batch, lengths = pad_right([ids[i] for i in rows], self.pad)
+                out[rows] = self.embed(batch.to(self.device), lengths.to(self.device)).float().cpu().numpy()
+            return out
+
+        return encode
