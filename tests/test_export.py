@@ -76,6 +76,14 @@ def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm
         assert np.allclose(np.load(tmp_path / f"{name}.npy"), exported, atol=1e-6)
 
 
+    # sentence-transformers loads the export through llm2comp's module and gives the same embeddings.
+    from sentence_transformers import SentenceTransformer
+
+    # sentence-transformers 6 asks for consent to import any module class it does not ship itself.
+    st = SentenceTransformer(str(tmp_path / "exp"), device="cpu", trust_remote_code=True)
+    assert np.allclose(st.encode(texts, batch_size=4, convert_to_numpy=True), exported, atol=1e-5)
+    assert st.get_sentence_embedding_dimension() == 64
+
     # And it evaluates like any other encoder.
     sts = tmp_path / "stsbenchmark"
     sts.mkdir()

@@ -50,6 +50,9 @@ def export(run_dir: str, output: str, dtype: str = "auto") -> str:
             "tokenizer_hash": identity["hash"],
             "lineage": lineage,
         }, fh, indent=2)
+    # sentence-transformers loads the directory through this module (llm2comp must be installed).
+    with open(os.path.join(output, "modules.json"), "w") as fh:
+        json.dump([{"idx": 0, "name": "0", "path": "", "type": "trainer.st_module.LLM2CompModule"}], fh, indent=2)
     return output
 
 
