@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stsb-split", default="test", choices=["test", "dev", "train"])
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_lazy("trainer.eval_cli"))
+    p = sub.add_parser("analyze", help="dimensional collapse: singular spectrum, effective rank, alignment, uniformity")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--input", required=True, metavar="FILE", help=".txt (text, or text<TAB>pair per line) or .jsonl")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--pooling", choices=["mean", "last", "memory"], help="for a plain causal LM")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_lazy("trainer.analyze"))
     model_store.add_arguments(sub.add_parser("models", help="fetch real pretrained models for offline use"))
     return parser
 
