@@ -1,46 +1,105 @@
 #!/usr/bin/env bash
-# `make demo`: the pipeline on its default model (SmolLM2-135M) and a small real sample.
-# Today it runs the offline stage (tokenization into Arrow shards) for all three shard kinds;
-# training, export and evaluation join it as they land.
+# `make demo`: the whole LLM2Comp pipeline on the real SmolLM2-135M, sized for a few minutes on 2 CPU cores:
+# prep -> stage 1 (kl) -> stage 2 (ucl) -> stage 3 (scl), each exported and scored on STS-B, against the
+# base model with mean pooling. The commands are the full-scale ones; only the recipes' sizes differ.
 set -euo pipefail
 DATA=${1:-../shared/data}
 OUT=${2:-demo_out}
+STEPS=${DEMO_STEPS:-20}          # optimizer steps per stage
+STS_PAIRS=${DEMO_STS_PAIRS:-500} # STS-B test pairs scored (all 1,379 take a few minutes per model on CPU)
 LLM2COMP=${LLM2COMP:-.venv/bin/llm2comp}
-MODEL=$($LLM2COMP models pull smollm2-135m 2>/dev/null | tail -n 1)
+PY=${PYTHON:-.venv/bin/python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT/samples" "$OUT/sts/stsbenchmark"
 
-need() {
-  if [ ! -e "$DATA/$1" ]; then
-    echo "demo: $DATA/$1 not found. The demo reads the shared data set (Wikipedia paragraphs and"
-    echo "sentences, SNLI); point DATA at a copy of it: make demo DATA=/path/to/data" >&2
+MODEL=$($LLM2COMP models pull smollm2-135m | tail -n 1)
+
+# Data: the shared data set when present, else public hub datasets when the network allows.
+if [ -e "$DATA/corpus/wiki_paragraphs.valid.jsonl.gz" ] && [ -e "$DATA/sts/stsbenchmark/sts-test.csv" ]; then
+  echo "demo: data from $DATA (Wikipedia paragraphs and sentences, SNLI, STS Benchmark)"
+  "$PY" - "$DATA" "$OUT" "$STS_PAIRS" <<'PY'
+import gzip, itertools, shutil, sys
+data, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with gzip.open(f"{data}/corpus/wiki_paragraphs.valid.jsonl.gz", "rb") as s, open(f"{out}/samples/paragraphs.jsonl", "wb") as d:
+    d.writelines(itertools.islice(s, 2000))
+with gzip.open(f"{data}/corpus/wiki_sentences.txt.gz", "rb") as s, open(f"{out}/samples/sentences.txt", "wb") as d:
+    d.writelines(itertools.islice(s, 5000))
+shutil.copy(f"{data}/nli/snli_triplets.jsonl", f"{out}/samples/pairs.jsonl")
+with open(f"{data}/sts/stsbenchmark/sts-test.csv", "rb") as s, open(f"{out}/sts/stsbenchmark/sts-test.csv", "wb") as d:
+    d.writelines(itertools.islice(s, n))
+PY
+else
+  echo "demo: $DATA not found; trying the public hub datasets (wikitext-103, stsb)…"
+  if ! "$PY" - "$OUT" "$STS_PAIRS" <<'PY'
+import json, random, sys
+from datasets import load_dataset
+out, n = sys.argv[1], int(sys.argv[2])
+wiki = [t.strip() for t in load_dataset("wikitext", "wikitext-103-raw-v1", split="train[:1%]")["text"]]
+paras = [t for t in wiki if len(t) > 400 and not t.startswith("=")][:2000]
+with open(f"{out}/samples/paragraphs.jsonl", "w") as f:
+    f.writelines(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(paras))
+sents = [s.strip() + "." for t in paras for s in t.split(". ") if 6 <= len(s.split()) <= 60][:5000]
+open(f"{out}/samples/sentences.txt", "w").write("\n".join(sents) + "\n")
+stsb = load_dataset("sentence-transformers/stsb")
+train = [r for r in stsb["train"] if r["score"] >= 0.8]  # close pairs become (query, positive)
+rng = random.Random(0)
+with open(f"{out}/samples/pairs.jsonl", "w") as f:
+    for r in train:
+        f.write(json.dumps({"query": r["sentence1"], "positive": r["sentence2"],
+                            "negative": rng.choice(train)["sentence2"], "source": "stsb"}) + "\n")
+with open(f"{out}/sts/stsbenchmark/sts-test.csv", "w") as f:
+    for i, r in enumerate(list(stsb["test"])[:n]):
+        f.write(f"hub\tstsb\t-\t{i}\t{r['score'] * 5:.3f}\t{r['sentence1']}\t{r['sentence2']}\n")
+PY
+  then
+    echo "demo: no data. Neither $DATA (the project's shared data set) nor the Hugging Face hub is reachable." >&2
+    echo "      Put the shared data set there, or run: make demo DATA=/path/to/data (same layout), or allow hub access." >&2
     exit 2
   fi
+fi
+
+echo "== prep (tokenize into Arrow shards)"
+$LLM2COMP prep compression --input "$OUT/samples/paragraphs.jsonl" --tokenizer "$MODEL" --output "$OUT/data/compression" \
+  --max-tokens 96 --no-progress --overwrite --workers 2 | head -n 1
+$LLM2COMP prep sentences --input "$OUT/samples/sentences.txt" --tokenizer "$MODEL" --output "$OUT/data/sentences" \
+  --max-tokens 48 --no-progress --overwrite --workers 2 | head -n 1
+$LLM2COMP prep pairs --input "$OUT/samples/pairs.jsonl" --tokenizer "$MODEL" --output "$OUT/data/pairs" --max-tokens 48 \
+  --instruction "Retrieve a sentence entailed by the given one" --no-progress --overwrite --workers 2 | head -n 1
+
+score() {  # score MODEL_DIR NAME [eval args]
+  local dir=$1 name=$2; shift 2
+  $LLM2COMP eval sts --model "$dir" --data "$OUT/sts" --output "$OUT/eval/$name.json" "$@" > /dev/null
 }
-need corpus/wiki_paragraphs.valid.jsonl.gz
-need corpus/wiki_sentences.txt.gz
-need nli/snli_triplets.jsonl
-echo "demo: data from $DATA, model $MODEL, output in $OUT"
+mkdir -p "$OUT/eval"
+echo "== base model, mean pooling"
+score "$MODEL" "0-base-mean" --pooling mean
 
-mkdir -p "$OUT/samples"
-# A small sample keeps the demo to seconds; the commands are the ones used on full corpora.
-python3 - "$DATA" "$OUT/samples" <<'PY'
-import gzip, itertools, sys
-data, out = sys.argv[1], sys.argv[2]
-with gzip.open(f"{data}/corpus/wiki_paragraphs.valid.jsonl.gz", "rb") as src, gzip.open(f"{out}/paragraphs.jsonl.gz", "wb") as dst:
-    dst.writelines(itertools.islice(src, 4000))
-with gzip.open(f"{data}/corpus/wiki_sentences.txt.gz", "rb") as src, gzip.open(f"{out}/sentences.txt.gz", "wb") as dst:
-    dst.writelines(itertools.islice(src, 20000))
-PY
+common=(train.progress=false "max_steps=$STEPS" resume=never)
+echo "== stage 1: compression pretraining (kl)"
+$LLM2COMP pretrain --config launch/recipes/demo-smollm2-pretrain.yaml "data=$OUT/data/compression" \
+  "output_dir=$OUT/runs/stage1" "${common[@]}" 2>&1 | grep -E "^(training|done)" || true
+echo "== stage 2: unsupervised contrastive"
+$LLM2COMP contrast --config launch/recipes/demo-smollm2-ucl.yaml "data=$OUT/data/sentences" "init_from=$OUT/runs/stage1" \
+  "output_dir=$OUT/runs/stage2" "${common[@]}" 2>&1 | grep -E "^(training|done)" || true
+echo "== stage 3: supervised contrastive"
+$LLM2COMP contrast --config launch/recipes/demo-smollm2-scl.yaml "data=$OUT/data/pairs" "init_from=$OUT/runs/stage2" \
+  "output_dir=$OUT/runs/stage3" "${common[@]}" 2>&1 | grep -E "^(training|done)" || true
 
-$LLM2COMP prep compression --input "$OUT/samples/paragraphs.jsonl.gz" --tokenizer "$MODEL" --output "$OUT/data/compression" --overwrite
-$LLM2COMP prep sentences --input "$OUT/samples/sentences.txt.gz" --tokenizer "$MODEL" --output "$OUT/data/sentences" --overwrite
-$LLM2COMP prep pairs --input "$DATA/nli/snli_triplets.jsonl" --tokenizer "$MODEL" --output "$OUT/data/pairs" --overwrite \
-  --instruction "Given a premise, retrieve a hypothesis that is entailed by the premise"
+for s in 1 2 3; do
+  [ -e "$OUT/runs/stage$s/final/lineage.json" ] || { echo "demo: stage $s did not finish (see above)" >&2; exit 1; }
+  $LLM2COMP export --run "$OUT/runs/stage$s" --output "$OUT/export/stage$s" > /dev/null
+  score "$OUT/export/stage$s" "stage$s"
+done
 
-python3 - "$OUT/data" <<'PY'
+"$PY" - "$OUT" "$STEPS" <<'PY'
 import json, sys
-print("\n| shards | rows | tokens | skipped |\n|---|---:|---:|---|")
-for kind in ("compression", "sentences", "pairs"):
-    m = json.load(open(f"{sys.argv[1]}/{kind}/manifest.json"))
-    t = m["totals"]
-    print(f"| {kind} | {t['rows']:,} | {t['tokens']:,} | {sum(m['skipped'].values()):,} |")
+out, steps = sys.argv[1], sys.argv[2]
+rows = [("SmolLM2-135M, mean pooling (no training)", "0-base-mean"), (f"+ stage 1, compression (kl), {steps} steps", "stage1"),
+        (f"+ stage 2, unsupervised contrastive, {steps} steps", "stage2"), (f"+ stage 3, supervised contrastive, {steps} steps", "stage3")]
+n = json.load(open(f"{out}/eval/stage3.json"))["results"]["STSBenchmark"]["n"]
+print(f"\nSTS Benchmark test (first {n} pairs), Spearman x100 of cosine similarity\n")
+print("| model | STS-B |\n|---|---:|")
+for label, name in rows:
+    print(f"| {label} | {json.load(open(f'{out}/eval/{name}.json'))['results']['STSBenchmark']['spearman']:.2f} |")
+print(f"\nEncoders: {out}/export/stage*/ (Encoder.from_pretrained, llm2comp encode). Demo-sized: for real numbers see docs/RESULTS.md.")
 PY
