@@ -47,3 +47,16 @@ def test_rank_and_world_from_each_launcher(monkeypatch, env, expect):
     import os
 
     assert os.environ["RANK"] == str(expect[0]) and os.environ["WORLD_SIZE"] == str(expect[1])
+
+
+CONTRAST = sorted(p for p in (ROOT / "launch" / "recipes").glob("*.yaml") if p.stem.endswith(("-ucl", "-scl")))
+
+
+@pytest.mark.parametrize("path", CONTRAST, ids=lambda p: p.name)
+def test_contrast_recipes_load_and_accept_init_from_and_chunk(path, tmp_path):
+    from trainer.stages.contrast import ContrastRecipe
+
+    r = load_config(ContrastRecipe, path, [f"data={tmp_path}", f"init_from={tmp_path}/run", "chunk=5", "max_steps=2"])
+    assert (r.init.init_from, r.contrast.chunk, r.train.max_steps) == (f"{tmp_path}/run", 5, 2)
+    assert r.contrast.kind == path.stem.rsplit("-", 1)[1]
+    assert (ROOT / r.train.deepspeed).exists()

@@ -167,3 +167,21 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
         metrics.close()
     barrier()
     return exit_code
+
+
+# Overrides every recipe accepts (DESIGN.md §5); stages add their own.
+COMMON_ALIASES = {
+    "model": "model.path", "data": "data.path", "output_dir": "train.output_dir", "max_steps": "train.max_steps",
+    "seed": "train.seed", "resume": "train.resume", "deepspeed": "train.deepspeed",
+}
+
+
+def run_stage(recipe_cls, task_cls, args) -> int:
+    """``llm2comp <stage> --config RECIPE [k=v ...]``: load the recipe, record it, train."""
+    from ..config import load_config, save_config
+
+    recipe = load_config(recipe_cls, args.config, args.overrides)
+    os.makedirs(recipe.train.output_dir, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_config(recipe, os.path.join(recipe.train.output_dir, "recipe.yaml"))
+    return train(task_cls(recipe), recipe.train, recipe.optim)

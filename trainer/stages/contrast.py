@@ -8,16 +8,15 @@ global batch. Both train through gradient caching (``trainer/engine/gradcache.py
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional
 
 import torch
 
 from ..artifacts import read_run, save_artifacts
-from ..config import ConfigError, load_config, save_config
+from ..config import ConfigError
 from ..engine import gradcache
-from ..engine.loop import LossOutput, train
+from ..engine.loop import COMMON_ALIASES, LossOutput, run_stage
 from ..engine.settings import OptimSettings, TrainSettings
 from ..modeling.settings import ModelSettings
 from ..objectives.contrastive import gather_groups, supervised_loss, unsupervised_loss
@@ -59,11 +58,7 @@ class ContrastRecipe:
     optim: OptimSettings = field(default_factory=OptimSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "model": "model.path", "data": "data.path", "output_dir": "train.output_dir",
-        "max_steps": "train.max_steps", "seed": "train.seed", "resume": "train.resume",
-        "init_from": "init.init_from", "chunk": "contrast.chunk", "deepspeed": "train.deepspeed",
-    }
+    ALIASES: ClassVar[dict[str, str]] = {**COMMON_ALIASES, "init_from": "init.init_from", "chunk": "contrast.chunk"}
 
 
 def row_seeds(run_seed: int, step: int, micro: int, sample: torch.Tensor, role: torch.Tensor) -> torch.Tensor:
@@ -173,8 +168,4 @@ class ContrastTask:
 
 
 def run(args) -> int:
-    recipe = load_config(ContrastRecipe, args.config, args.overrides)
-    os.makedirs(recipe.train.output_dir, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_config(recipe, os.path.join(recipe.train.output_dir, "recipe.yaml"))
-    return train(ContrastTask(recipe), recipe.train, recipe.optim)
+    return run_stage(ContrastRecipe, ContrastTask, args)

@@ -1,19 +1,16 @@
 """Stage 1, compression pretraining (DESIGN.md §1): ``llm2comp pretrain --config RECIPE.yaml [key=value ...]``."""
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ..artifacts import save_artifacts
-from ..config import load_config, save_config
+
 from ..data.compression import CompressionBatches
 from ..data.shards import open_shards
-from ..engine.loop import LossOutput, train
+from ..engine.loop import COMMON_ALIASES, LossOutput, run_stage
 from ..engine.settings import OptimSettings, TrainSettings
 from ..modeling.settings import ModelSettings
-
 
 @dataclass
 class DataSettings:
@@ -21,12 +18,10 @@ class DataSettings:
     group_by_length: bool = True
     verify_shards: bool = True
 
-
 @dataclass
 class ObjectiveSettings:
     kind: Literal["kl", "nll", "rc"] = "kl"
     loss_chunk: int = 1024  # tokens per LM-head chunk
-
 
 @dataclass
 class PretrainRecipe:
@@ -36,12 +31,7 @@ class PretrainRecipe:
     optim: OptimSettings = field(default_factory=OptimSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "model": "model.path", "data": "data.path", "output_dir": "train.output_dir",
-        "max_steps": "train.max_steps", "seed": "train.seed", "resume": "train.resume",
-        "objective": "objective.kind", "deepspeed": "train.deepspeed",
-    }
-
+    ALIASES: ClassVar[dict[str, str]] = {**COMMON_ALIASES, "objective": "objective.kind"}
 
 class PretrainTask:
     def __init__(self, recipe: PretrainRecipe):
@@ -79,10 +69,5 @@ class PretrainTask:
     def save_artifacts(self, engine, directory: str, world) -> None:
         save_artifacts(engine.module, directory, world, self.recipe, self.identity, self.lineage)
 
-
 def run(args) -> int:
-    recipe = load_config(PretrainRecipe, args.config, args.overrides)
-    os.makedirs(recipe.train.output_dir, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_config(recipe, os.path.join(recipe.train.output_dir, "recipe.yaml"))
-    return train(PretrainTask(recipe), recipe.train, recipe.optim)
+    return run_stage(PretrainRecipe, PretrainTask, args)
