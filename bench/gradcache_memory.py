@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from _env import env_info  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
 FLAT = 1.3  # cached peak(B max) / peak(B min) below this counts as flat
@@ -107,20 +109,6 @@ def worker(a) -> dict:
         peak, how = max(sampled[0], proc.memory_info().rss) - rss0, "psutil sampler"
     return {"peak_mib": peak / MIB, "sampled_peak_mib": (sampled[0] - rss0) / MIB if dev.type == "cpu" else None,
             "measured_by": how, "seconds": secs, "loss": loss}
-
-
-def env_info(device: str) -> dict:
-    import datetime, torch
-    git = lambda *c: subprocess.run(["git", *c], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "cpu") \
-            if os.path.exists("/proc/cpuinfo") else "cpu"
-        name += f" ({os.cpu_count()} cpus, torch threads {torch.get_num_threads()})"
-    commit = git("rev-parse", "--short", "HEAD") + (" (dirty)" if git("status", "--porcelain") else "")
-    return {"device_name": name, "commit": commit, "torch": torch.__version__,
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
 def main(argv=None) -> int:

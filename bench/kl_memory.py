@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+from _env import env_info  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
 GOAL = 0.25
@@ -95,20 +97,6 @@ def worker(a) -> dict:
     torch.save(h.grad.float().cpu(), a.grad_out)
     return {"peak_mib": peak / MIB, "sampled_peak_mib": (sampled[0] - rss0) / MIB if dev.type == "cpu" else None,
             "measured_by": how, "seconds": secs, "loss": float(loss)}
-
-
-def env_info(device: str) -> dict:
-    import torch
-    git = lambda *c: subprocess.run(["git", *c], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "cpu") \
-            if os.path.exists("/proc/cpuinfo") else "cpu"
-        name += f" ({os.cpu_count()} cpus, torch threads {torch.get_num_threads()})"
-    commit = git("rev-parse", "--short", "HEAD") + (" (dirty)" if git("status", "--porcelain") else "")
-    return {"device_name": name, "commit": commit, "torch": torch.__version__,
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
 def main(argv=None) -> int:
