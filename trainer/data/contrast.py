@@ -46,7 +46,7 @@ class PairBatches:
             raise UserError(f"no pair has {negatives} hard negatives (contrast.negatives); the most any has is {counts.max()}")
         self.dataset = dataset.select(keep) if self.dropped else dataset
         self.pad_id, self.negatives = pad_id, negatives
-        lengths = _lengths(self.dataset.data.table, "query_ids") if not self.dropped else _lengths(table, "query_ids")[keep]
+        lengths = _lengths(table, "query_ids")[keep]
         groups = None
         if one_source_per_batch:
             sources = np.asarray(self.dataset["source"])

@@ -119,13 +119,15 @@ class ContrastTask:
     def rows(self, batch: dict, step: int, micro: int) -> tuple[gradcache.Rows, dict]:
         b = self.recipe.train.micro_batch
         first = self.world.rank * b  # global index of this rank's first sample
-        sample = torch.arange(first, first + b)
+        device = next(iter(batch.values())).device  # built where the batch is: no host round trip
+        sample = torch.arange(first, first + b, device=device)
+        zeros = torch.zeros(b, dtype=torch.long, device=device)
         seed = self.recipe.train.seed
         if self.recipe.contrast.kind == "ucl":
             ids = torch.cat([batch["ids"], batch["ids"]])
             lengths = torch.cat([batch["lengths"], batch["lengths"]])
             seeds = row_seeds(seed, step, micro, torch.cat([sample, sample]),
-                              torch.cat([torch.zeros(b, dtype=torch.long), torch.ones(b, dtype=torch.long)]))
+                              torch.cat([zeros, zeros + 1]))
             return gradcache.Rows(ids, lengths, seeds), {"view1": b, "view2": b}
         n = self.recipe.contrast.negatives
         parts = [batch["query"], batch["positive"], batch["negative"]]
@@ -133,9 +135,9 @@ class ContrastTask:
         ids = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=self.pad_id) for p in parts])
         lengths = torch.cat([batch["query_len"], batch["positive_len"], batch["negative_len"]])
         neg_sample = sample.repeat_interleave(n)
-        neg_role = 2 + torch.arange(n).repeat(b)
+        neg_role = 2 + torch.arange(n, device=device).repeat(b)
         seeds = row_seeds(seed, step, micro, torch.cat([sample, sample, neg_sample]),
-                          torch.cat([torch.zeros(b, dtype=torch.long), torch.ones(b, dtype=torch.long), neg_role]))
+                          torch.cat([zeros, zeros + 1, neg_role]))
         return gradcache.Rows(ids, lengths, seeds), {"query": b, "positive": b, "negative": b * n}
 
     def loss_fn(self, sizes: dict):
@@ -145,9 +147,7 @@ class ContrastTask:
 
     def loss(self, engine, batch) -> LossOutput:
         micro = (engine.micro_steps // self.micro_steps_per_batch) % self.recipe.train.grad_accum
-        rows, sizes = self.rows({k: v.cpu() for k, v in batch.items()}, engine.global_steps, micro)
-        device = batch[next(iter(batch))].device
-        rows = gradcache.Rows(rows.ids.to(device), rows.lengths.to(device), rows.seeds.to(device))
+        rows, sizes = self.rows(batch, engine.global_steps, micro)
         embed = lambda ids, lengths: engine("embed", ids=ids, lengths=lengths)
         local = gradcache.encode_without_graph(embed, rows, self.recipe.contrast.chunk)
         loss, grad = gradcache.loss_and_row_gradients(local, self.loss_fn(sizes))
