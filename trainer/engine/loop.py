@@ -91,7 +91,8 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
         data.load_state_dict(state["data"])
         say(f"resumed from {resume_from} at step {step}")
 
-    requeue_marker = os.path.join(train_cfg.output_dir, "REQUEUE")
+    # The sbatch scripts name the marker (LLM2COMP_REQUEUE_FILE) so they need not know the output directory.
+    requeue_marker = os.environ.get("LLM2COMP_REQUEUE_FILE") or os.path.join(train_cfg.output_dir, "REQUEUE")
     if world.main and os.path.exists(requeue_marker):
         os.remove(requeue_marker)
     stop = StopRequest()
@@ -149,7 +150,9 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
                 window_loss, window_n, window_tokens, t_window = 0.0, 0, 0, time.monotonic()
             if any_rank(stop.requested, device):
                 save(step)
-                if world.main:  # launchers like torchrun replace the exit code; the marker survives
+                # Launchers like torchrun replace the exit code; the marker survives. It is written before the
+                # final barrier, so no rank exits (and no srun --kill-on-bad-exit fires) before it exists.
+                if world.main:
                     with open(requeue_marker, "w") as fh:
                         fh.write(f"{step}\n")
                 say(f"stop requested by signal: checkpoint at step {step} written; exiting with {REQUEUE_EXIT} (requeue)")
