@@ -7,6 +7,7 @@ leaves an incomplete directory that resume ignores (and the next save of that st
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -15,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from data_prep.errors import UserError
 
 from .dist import World, barrier
 
@@ -46,6 +49,10 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointWriteError(UserError):
+    exit_code = 74  # EX_IOERR
+
+
 class Checkpointer:
     def __init__(self, root: str, world: World, keep_last: int = 2):
         self.root, self.world, self.keep_last = root, world, keep_last
@@ -75,16 +82,38 @@ class Checkpointer:
         if self.world.main and os.path.isdir(path):
             shutil.rmtree(path)  # an incomplete leftover of an earlier attempt at this step
         barrier()
-        engine.save_checkpoint(self.root, tag=tag, client_state=client_state, save_latest=False)
-        torch.save(rng_state(), os.path.join(path, f"rng-rank{self.world.rank:05d}.pt"))
-        barrier()  # every rank's files are on disk before the checkpoint is declared complete
-        if self.world.main:
-            _atomic_write(os.path.join(path, COMPLETE), json.dumps({"step": step, "world_size": self.world.size}) + "\n")
-            _atomic_write(os.path.join(self.root, LATEST), tag + "\n")
-            for old in self.complete()[: -self.keep_last]:
-                shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+        try:
+            engine.save_checkpoint(self.root, tag=tag, client_state=client_state, save_latest=False)
+            torch.save(rng_state(), os.path.join(path, f"rng-rank{self.world.rank:05d}.pt"))
+            barrier()  # every rank's files are on disk before the checkpoint is declared complete
+            if self.world.main:
+                _atomic_write(os.path.join(path, COMPLETE), json.dumps({"step": step, "world_size": self.world.size}) + "\n")
+                _atomic_write(os.path.join(self.root, LATEST), tag + "\n")
+                for old in self.complete()[: -self.keep_last]:
+                    shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+        except torch.distributed.DistError as e:  # another rank failed first and the collective broke
+            raise CheckpointWriteError(
+                f"rank {self.world.rank}: another rank failed while checkpoint {path} was written; its error "
+                f"names the cause ({str(e).strip().splitlines()[0][:160]})") from e
+        except (OSError, RuntimeError) as e:
+            raise CheckpointWriteError(self._write_failure(path, e)) from e
         barrier()
         return path
+
+    def _write_failure(self, path: str, error: Exception) -> str:
+        # torch.save reports a full disk as an opaque RuntimeError ("unexpected pos ..."): ask the disk itself.
+        if getattr(error, "strerror", None):
+            reason = error.strerror
+        elif _out_of_space(self.root):
+            reason = "No space left on device (or quota exceeded)"
+        else:
+            reason = str(error).strip().splitlines()[-1]
+        free = shutil.disk_usage(self.root).free / 2**20
+        latest = self.latest()
+        return (f"rank {self.world.rank} could not write checkpoint {path}: {reason} ({free:,.0f} MiB free there). "
+                f"It is not marked complete; the newest complete one ({latest or 'none yet'}) is intact: "
+                "free space (or lower train.keep_last) and resubmit to resume from it")
+
 
     def load(self, engine, path: str) -> dict:
         with open(os.path.join(path, COMPLETE)) as fh:
@@ -97,3 +126,21 @@ class Checkpointer:
         if meta["world_size"] == self.world.size and os.path.exists(rng_file):
             set_rng_state(torch.load(rng_file, weights_only=False))
         return client_state or {}
+
+
+def _out_of_space(directory: str, probe_bytes: int = 1 << 20) -> bool:
+    """True when ``directory`` cannot take ``probe_bytes`` more (a full disk or an exhausted quota)."""
+    probe = os.path.join(directory, f".space-probe-{os.getpid()}")
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * probe_bytes)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return False
+    except OSError as e:
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        try:
+            os.remove(probe)
+        except OSError:
+            pass

@@ -1,0 +1,68 @@
+"""Faults not covered elsewhere: a disk that fills up while a checkpoint is written, and launch/local.sh's
+stop-on-signal-then-rerun. (Signals and kill -9 under SLURM: test_slurm.py; kill -9 of prep:
+test_prep_slices_resume.py; corrupt shards and non-finite losses: test_pretrain.py.)"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from test_pretrain import compression_data, launch, losses  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MiB tmpfs: room for one checkpoint of the tiny model (13 MiB), not two."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_during_a_checkpoint_loses_no_completed_work(tmp_path, small_disk, compression_data):
+    run = small_disk / "run"
+    r = launch(2, f"data={compression_data}", f"output_dir={run}", "max_steps=12", "train.save_every=4")
+    assert r.returncode != 0
+    err = [line for line in r.stderr.splitlines() if "could not write checkpoint" in line]
+    assert err and "No space left on device" in err[0] and "step-00000008" in err[0], r.stderr[-3000:]
+    assert "newest complete one" in err[0] and "step-00000004" in err[0]
+    ckpts = run / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-00000004" and (ckpts / "step-00000004" / "COMPLETE").exists()
+    assert not (ckpts / "step-00000008" / "COMPLETE").exists()
+
+    # Space freed (here: the run moved to a bigger disk), the same command resumes from the complete checkpoint.
+    moved = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(run), str(moved)], check=True)
+    r = launch(2, f"data={compression_data}", f"output_dir={moved}", "max_steps=12", "train.save_every=4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from {moved}/checkpoints/step-00000004 at step 4" in r.stdout
+    assert sorted(losses(moved)) == list(range(1, 13))
+
+
+def test_local_sh_stops_on_usr1_with_75_and_the_rerun_resumes(tmp_path, compression_data):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "NPROC": "2",
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    cmd = ["bash", str(ROOT / "launch" / "local.sh"), "pretrain", str(ROOT / "launch/recipes/tiny-cpu-pretrain.yaml"),
+           f"data={compression_data}", f"output_dir={tmp_path / 'run'}", "max_steps=40", "train.progress=false"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.1)
+    p.send_signal(signal.SIGUSR1)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 75, err[-3000:]
+    stopped = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert f"stopped on a signal at step {stopped} with its checkpoint written; run the same command again" in err
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"at step {stopped}" in r.stdout, r.stderr[-3000:]
+    assert sorted(losses(tmp_path / "run")) == list(range(1, 41))
