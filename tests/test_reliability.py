@@ -51,7 +51,7 @@ def test_local_sh_stops_on_usr1_with_75_and_the_rerun_resumes(tmp_path, compress
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "NPROC": "2",
            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     cmd = ["bash", str(ROOT / "launch" / "local.sh"), "pretrain", str(ROOT / "launch/recipes/tiny-cpu-pretrain.yaml"),
-           f"data={compression_data}", f"output_dir={tmp_path / 'run'}", "max_steps=40", "train.progress=false"]
+           f"data={compression_data}", f"output_dir={tmp_path / 'run'}", "max_steps=16", "train.progress=false"]
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -65,4 +65,23 @@ def test_local_sh_stops_on_usr1_with_75_and_the_rerun_resumes(tmp_path, compress
     assert f"stopped on a signal at step {stopped} with its checkpoint written; run the same command again" in err
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and f"at step {stopped}" in r.stdout, r.stderr[-3000:]
-    assert sorted(losses(tmp_path / "run")) == list(range(1, 41))
+    assert sorted(losses(tmp_path / "run")) == list(range(1, 17))
+
+
+def test_a_corrupt_shard_is_refused_before_training(tmp_path, compression_data):
+    import shutil
+
+    data = tmp_path / "shards"
+    shutil.copytree(compression_data, data)
+    shard = sorted(data.glob("data-*.arrow"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte in the middle of the token ids
+    shard.write_bytes(bytes(raw))
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "pretrain", "--config",
+                        str(ROOT / "launch/recipes/tiny-cpu-pretrain.yaml"), f"data={data}",
+                        f"output_dir={tmp_path / 'run'}", "train.progress=false"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    err = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert shard.name in err[0] and "corrupt shard" in err[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -5,9 +5,11 @@ emulating nodes n1 and n2 on this machine), with the tiny CPU recipes on gloo:
 2. `scancel --signal=USR1` mid-run: checkpoint, requeue, resume; losses and final weights as uninterrupted;
 3. `kill -9` of one rank: the job fails naming the rank, every checkpoint marked complete is whole, and a
    resubmission resumes from the newest one and ends as uninterrupted;
-4. a stage-3 contrastive job across the 2 nodes (negatives gathered from both) equals the 2-process run.
+4. a stage-3 contrastive job across the 2 nodes (negatives gathered from both) equals the 2-process run;
+and the prep array job's slices, merged by the job it submits, equal a single prep run.
 
 Skipped, with the reason, where SLURM can be neither found nor installed (needs root and apt)."""
+import json
 import os
 import re
 import subprocess
@@ -206,3 +208,30 @@ def test_two_node_contrastive_with_cross_device_negatives(cluster, data, two_nod
     got, want = losses(tmp_path / "run"), losses(tmp_path / "local")
     assert sorted(got) == list(range(1, 7)) and got == want
     assert (tmp_path / "run" / "final" / "lineage.json").exists()
+
+
+def test_prep_array_job_and_its_merge_equal_a_single_run(cluster, tmp_path, bpe_tokenizer):
+    import datasets
+
+    src = write_jsonl(tmp_path / "d.jsonl", make_docs(120, seed=6))
+    out = tmp_path / "ds"
+    env = {**job_env(), "LLM2COMP": f"{sys.executable} -m trainer.cli"}
+    array = cluster.sbatch("--array=0-2", "--cpus-per-task=1", "--mem=500M", f"--output={tmp_path}/%x-%A_%a.log",
+                           str(ROOT / "launch/slurm/prep_array.sbatch"), "compression", str(out), "--input", str(src),
+                           "--tokenizer", bpe_tokenizer, "--chunk-docs", "10", env=env, cwd=tmp_path)
+    marker = tmp_path / "ds.slices" / ".merge-submitted"
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    merge = int(marker.read_text().strip().split(";")[0])
+    info = cluster.wait_job(merge, 300)
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert info["JobState"] == "COMPLETED" and f"merge job {merge} will run after array {array}" in logs, logs
+    assert json.loads((out / "manifest.json").read_text())["slice"]["merged_from"] == 3
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, "-m", "trainer.cli", "prep", "compression", "--input", str(src), "--tokenizer",
+                    bpe_tokenizer, "--chunk-docs", "10", "--output", str(single), "--no-progress", "--workers", "1"],
+                   cwd=ROOT, check=True, capture_output=True)
+    key = lambda r: json.dumps(r, sort_keys=True)
+    assert sorted(map(key, datasets.load_from_disk(str(out)).to_list())) == sorted(
+        map(key, datasets.load_from_disk(str(single)).to_list()))

@@ -1,6 +1,7 @@
 """SIGUSR1 (SLURM's warning before the time limit) and SIGTERM (preemption): checkpoint at the next step
-boundary and exit with REQUEUE_EXIT, which the sbatch scripts turn into a requeue. Rank 0 also writes
-``OUTPUT_DIR/REQUEUE`` because launchers such as torchrun replace their workers' exit codes."""
+boundary and exit with REQUEUE_EXIT, which the sbatch scripts turn into a requeue. Rank 0 also writes a
+marker (``$LLM2COMP_REQUEUE_FILE``, else ``OUTPUT_DIR/REQUEUE``) because launchers such as torchrun replace
+their workers' exit codes."""
 from __future__ import annotations
 
 import signal
