@@ -8,7 +8,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # DeepSpeed's optional C++/CUDA ops are built on first use, never at install time.
 export DS_BUILD_OPS := 0
 
-.PHONY: install test test-all demo bench-prep clean
+.PHONY: install test test-all demo bench-prep reproduce-smollm2 clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ test: install
 demo: install
 	$(VENV)/bin/llm2comp models pull smollm2-135m
 	bash launch/demo.sh "$(DATA)" "$(OUT)"
+
+# The small-scale reproduction of docs/RESULTS.md; PROFILE=cpu (reduced, ~1 h on 2 cores) or full (GPU).
+PROFILE ?= cpu
+reproduce-smollm2: install
+	$(PY) launch/reproduce_smollm2.py --profile $(PROFILE) --data "$(DATA)"
 
 bench-prep: install
 	$(PY) bench/prep_throughput.py

@@ -34,13 +34,16 @@ else
 import json, random, sys
 from datasets import load_dataset
 out, n = sys.argv[1], int(sys.argv[2])
-wiki = [t.strip() for t in load_dataset("wikitext", "wikitext-103-raw-v1", split="train[:1%]")["text"]]
+try:
+    wiki = [t.strip() for t in load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1", split="train[:1%]")["text"]]
+    stsb = load_dataset("sentence-transformers/stsb")
+except Exception as e:  # no network, hub down, dataset moved: one line, then the advice below
+    sys.exit(f"demo: the hub datasets are unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
 paras = [t for t in wiki if len(t) > 400 and not t.startswith("=")][:2000]
 with open(f"{out}/samples/paragraphs.jsonl", "w") as f:
     f.writelines(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(paras))
 sents = [s.strip() + "." for t in paras for s in t.split(". ") if 6 <= len(s.split()) <= 60][:5000]
 open(f"{out}/samples/sentences.txt", "w").write("\n".join(sents) + "\n")
-stsb = load_dataset("sentence-transformers/stsb")
 train = [r for r in stsb["train"] if r["score"] >= 0.8]  # close pairs become (query, positive)
 rng = random.Random(0)
 with open(f"{out}/samples/pairs.jsonl", "w") as f:
