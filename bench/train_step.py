@@ -31,7 +31,8 @@ Encode: the encoder copy, eager, padded to ``--seq``, arbitrary order. With ``--
 this process on the same batches, baseline first (then freed), and the ratios are printed.
 
 Timing: ``--warmup`` steps, then ``--steps`` timed steps, each on its own synthetic batch (fixed seed,
-identical for every mode). CUDA: ``torch.cuda.Event`` around each step, synchronised; CPU: perf_counter.
+identical for every mode). CUDA: ``torch.cuda.Event`` around each step, synchronised; CPU: perf_counter,
+one torch thread unless ``--threads`` says otherwise (steadier on a shared machine).
 Rates (tokens/s, samples/s, TFLOP/s, MFU) are medians of the per-step rates; step time is reported as
 median, p10 and p90. tokens = real (non-pad) tokens of the texts processed: context + continuation
 (pretrain), every encoded row (ucl counts both views, as the trainer's tokens_per_s does), texts (encode).
@@ -58,6 +59,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -85,10 +87,12 @@ ARCHS = {
                                       tie_word_embeddings=False), [128000]),
     "qwen2-1.5b": ("Qwen2Config", dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
                                        num_key_value_heads=2, intermediate_size=8960, vocab_size=151936,
-                                       max_position_embeddings=32768, tie_word_embeddings=True), []),
+                                       rope_theta=1000000.0, max_position_embeddings=32768,
+                                       tie_word_embeddings=True), []),
     "smollm2-135m": ("LlamaConfig", dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
                                          num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
-                                         max_position_embeddings=8192, tie_word_embeddings=True), []),
+                                         rope_theta=100000.0, max_position_embeddings=8192,
+                                         tie_word_embeddings=True), []),
     # CPU smoke runs; a BOS prefix like Llama's so the prefix path is exercised.
     "tiny": ("LlamaConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, intermediate_size=128, vocab_size=49152,
@@ -98,7 +102,9 @@ ARCHS = {
 # Recipe values (launch/recipes/llama2-7b-*.yaml) as CUDA defaults; smaller ones keep CPU runs short.
 DEFAULT_MICRO_BATCH = {"cuda": {"pretrain": 4, "ucl": 16, "scl": 128, "encode": 32},
                        "cpu": {"pretrain": 4, "ucl": 8, "scl": 4, "encode": 16}}
-DEFAULT_CHUNK = {"ucl": 16, "scl": 32}
+DEFAULT_STEPS = {"cuda": dict(seq=512, steps=20, warmup=3), "cpu": dict(seq=128, steps=5, warmup=1)}
+# CPU: chunks smaller than a batch's rows, so that smoke runs go through gradient caching.
+DEFAULT_CHUNK = {"cuda": {"ucl": 16, "scl": 32}, "cpu": {"ucl": 4, "scl": 4}}
 DEFAULT_ATTENTION_DROPOUT = {"ucl": 0.2, "scl": 0.0}
 
 
@@ -244,9 +250,12 @@ def contrast_batches(stage: str, n_batches: int, micro_batch: int, seq: int, voc
     from trainer.data.compression import pad_right
 
     rng = np.random.default_rng(seed)
+
+    def rows(n: int):
+        return pad_right(_token_rows(rng, sentence_lengths(rng, n, seq), vocab), 0)
+
     out = []
     for _ in range(n_batches):
-        rows = lambda n: pad_right(_token_rows(rng, sentence_lengths(rng, n, seq), vocab), 0)
         if stage == "ucl":
             ids, lengths = rows(micro_batch)
             out.append({"ids": ids, "lengths": lengths})
@@ -311,16 +320,14 @@ def lora_settings():
 
 def build_project_model(a, stage: str):
     """The project's Compressor, set up as PretrainTask/ContrastTask.build_model set it up."""
-    import torch
-
     from trainer.modeling import row_dropout
     from trainer.modeling.adapters import enable_gradient_checkpointing
     from trainer.modeling.attention import resolve_attention
     from trainer.modeling.compressor import build_compressor
 
     base = build_base(a.model_config, a.dtype, resolve_attention(a.attention), a.device)
-    with torch.device(a.device):
-        model = build_compressor(base, MEMORY_TOKENS, ARCHS[a.model_config][2], 0, lora_settings(), SEED)
+    # Not under torch.device(...): initial_memory draws from a CPU generator.
+    model = build_compressor(base, MEMORY_TOKENS, ARCHS[a.model_config][2], 0, lora_settings(), SEED)
     model.loss_chunk = a.loss_chunk
     if stage in ("ucl", "scl"):
         model.config.attention_dropout = a.attention_dropout
@@ -651,12 +658,18 @@ class MemoryMeter:
 
 
 def _free(device: str):
+    """Release what the last mode held, so that the next one starts from a clean slate."""
     import torch
 
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+    elif sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed heap pages: hand them back
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -688,13 +701,14 @@ def summarize(times: list[float], tokens: list[int], samples: list[int], flops: 
 def _is_oom(e: BaseException) -> bool:
     import torch
 
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+    oom = getattr(torch, "OutOfMemoryError", getattr(torch.cuda, "OutOfMemoryError", MemoryError))
+    return isinstance(e, oom) or "out of memory" in str(e).lower()
 
 
 # ---------------------------------------------------------------------------------------------------
 # Running the modes
 # ---------------------------------------------------------------------------------------------------
-MODE_LABELS = {"project": "optimized (project)", "baseline": "baseline (reference approach, reimplemented)"}
+MODE_LABELS = {"project": "optimized (project)", "baseline": "baseline (reference, reimplemented)"}
 
 
 def run_training(a, mode: str, batches: list[dict], d: Dims, peak: dict) -> dict:
@@ -794,11 +808,17 @@ def _fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def rows_per_batch(a) -> int:
+    """Texts encoded per ucl/scl batch (as ContrastTask counts them)."""
+    return 2 * a.micro_batch if a.stage == "ucl" else a.micro_batch * (2 + a.negatives)
+
+
 def print_table(rows: list[dict], a, info: dict, peak: dict) -> None:
     print(f"device: {info['device_name']}\ncommit: {info['commit']}   torch {info['torch']}   date: {info['date']}")
     print(f"model: {a.model_config} (random init), {a.dtype}, attention {a.attention}, K={MEMORY_TOKENS}, "
           f"LoRA r16/a32 on q,v,o,gate,up,down" + (f", objective {a.objective}" if a.stage == "pretrain" else "")
-          + (f", chunk {a.chunk}, attention dropout {a.attention_dropout}" if a.stage in ("ucl", "scl") else "")
+          + (f", chunks of {a.chunk} of {rows_per_batch(a)} rows per batch, attention dropout {a.attention_dropout}"
+             if a.stage in ("ucl", "scl") else "")
           + (", gradient checkpointing" if a.gradient_checkpointing else "")
           + (", DeepSpeed engine" if a.deepspeed else ""))
     print(f"measured matmul peak: {peak['tflops']:.3g} TFLOP/s ({peak['n']}^3 {peak['dtype']}, best of several)\n")
@@ -811,13 +831,14 @@ def print_table(rows: list[dict], a, info: dict, peak: dict) -> None:
         ok = r["status"] == "ok"
         g = lambda key, spec: _fmt(r.get(key), spec) if ok else r["status"]
         print("| " + " | ".join([
-            dev, a.model_config, r["stage"], r["mode"], str(r["micro_batch"]), str(r["seq"]),
+            dev, a.model_config, r["stage"], r["label"], str(r["micro_batch"]), str(r["seq"]),
             g("tokens_per_s", ",.0f"), g("samples_per_s", ",.2f"), g("step_ms_median", ",.1f"),
             f"{r['step_ms_p10']:,.1f}/{r['step_ms_p90']:,.1f}" if ok else "-", _fmt(r.get("peak_mib"), ",.0f"),
             g("model_tflop_per_step", ".3g"), g("achieved_tflops", ".3g"), _fmt(peak["tflops"], ".3g"),
             _fmt(100 * r["mfu"], ".2f") if ok else "-",
         ]) + " |")
-    print(f"\npeak memory: {rows[0]['peak_measured_by']}; rates are medians of per-step rates")
+    how = ", ".join(dict.fromkeys(f"{r['mode']}: {r['peak_measured_by']}" for r in rows))
+    print(f"\npeak memory ({how}); rates are medians of per-step rates")
 
 
 def ratios(rows: list[dict]) -> dict:
@@ -838,10 +859,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stage", choices=["pretrain", "ucl", "scl", "encode"], required=True)
     p.add_argument("--model-config", choices=list(ARCHS), required=True)
-    p.add_argument("--seq", type=int, default=512, help="max tokens per window / text (baseline pads to it)")
+    p.add_argument("--seq", type=int, help="max tokens per window / text; the baseline pads to it (512; CPU 128)")
     p.add_argument("--micro-batch", type=int, help="samples per step (encode: texts per batch); default per stage")
-    p.add_argument("--steps", type=int, default=20, help="timed steps (encode: texts = steps x micro-batch)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, help="timed steps (20; CPU 5); encode: texts = steps x micro-batch")
+    p.add_argument("--warmup", type=int, help="warm-up steps (3; CPU 1)")
     p.add_argument("--repeats", type=int, default=3, help="encode: timed passes over the texts per order")
     p.add_argument("--baseline", action="store_true", help="also run the reference approach (reimplemented)")
     p.add_argument("--device", help="cuda | cpu (default: cuda if available)")
@@ -849,12 +870,13 @@ def parse_args(argv=None):
     p.add_argument("--attention", default="sdpa", choices=["auto", "sdpa", "eager", "flash_attention_2"])
     p.add_argument("--objective", default="kl", choices=["kl", "nll", "rc"], help="pretrain objective")
     p.add_argument("--loss-chunk", type=int, default=1024, help="tokens per LM-head chunk (objective.loss_chunk)")
-    p.add_argument("--chunk", type=int, help="ucl/scl: rows per gradient-cache chunk (default: 16 ucl, 32 scl)")
+    p.add_argument("--chunk", type=int, help="ucl/scl: rows per gradient-cache chunk (16 ucl, 32 scl; CPU 4)")
     p.add_argument("--negatives", type=int, default=1, help="scl: hard negatives per query")
     p.add_argument("--attention-dropout", type=float, help="ucl/scl (default: 0.2 ucl, 0.0 scl)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--deepspeed", action="store_true", help="optimized mode through the DeepSpeed engine")
     p.add_argument("--ds-config", default="ds_configs/zero2.json")
+    p.add_argument("--threads", type=int, help="CPU: torch threads (default 1; 0: torch's default)")
     p.add_argument("--json", help="default: bench/out/train_step-<stage>-<config>.json")
     a = p.parse_args(argv)
     import torch
@@ -863,11 +885,16 @@ def parse_args(argv=None):
     a.dtype = a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32")
     kind = "cuda" if a.device.startswith("cuda") else "cpu"
     a.micro_batch = a.micro_batch or DEFAULT_MICRO_BATCH[kind][a.stage]
-    a.chunk = a.chunk or DEFAULT_CHUNK.get(a.stage, 0)
+    for key, value in DEFAULT_STEPS[kind].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    a.chunk = a.chunk or DEFAULT_CHUNK[kind].get(a.stage, 0)
     if a.attention_dropout is None:
         a.attention_dropout = DEFAULT_ATTENTION_DROPOUT.get(a.stage, 0.0)
     if a.seq < 24 or a.steps < 1 or a.warmup < 0 or a.micro_batch < 1 or a.repeats < 1:
         p.error("need --seq >= 24, --steps >= 1, --warmup >= 0, --micro-batch >= 1, --repeats >= 1")
+    if a.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        p.error("--deepspeed: deepspeed is not installed (the default plain-torch engine needs nothing more)")
     a.json = a.json or os.path.join(REPO, "bench", "out", f"train_step-{a.stage}-{a.model_config}.json")
     return a
 
@@ -894,6 +921,10 @@ def main(argv=None) -> int:
 
     import torch
 
+    if a.device == "cpu" and a.threads != 0:
+        # OpenMP threads wait for each other at every op; on a shared machine one busy core makes each
+        # small op wait for a time slice (the tiny model's ucl step: 4.2 s with 2 threads, 28 ms with 1).
+        torch.set_num_threads(a.threads or 1)
     torch.manual_seed(SEED)
     info = env_info(a.device)
     peak = matmul_peak(a.device, a.dtype)
@@ -916,9 +947,10 @@ def main(argv=None) -> int:
             print(f"  ran {mode}: {rows[-1]['status']}", file=sys.stderr)
     print_table(rows, a, info, peak)
     rat = ratios(rows)
+    unit = "texts/s" if a.stage == "encode" else "tokens/s"  # the same texts in every encode mode
     for name, r in rat.items():
         mem = f", peak memory x{r['peak_memory']:.2f}" if r["peak_memory"] else ""
-        print(f"{name.replace('_vs_', ' vs ')}: tokens/s x{r['tokens_per_s']:.2f}{mem}")
+        print(f"ratio {name.replace('_vs_', ' / ')}: {unit} x{r['tokens_per_s']:.2f}{mem}")
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     with open(a.json, "w") as f:
         json.dump({**info, "device": a.device, "args": vars(a), "arch": {"name": a.model_config, **ARCHS[a.model_config][1]},

@@ -63,11 +63,11 @@ fi
 
 echo "== prep (tokenize into Arrow shards)"
 $LLM2COMP prep compression --input "$OUT/samples/paragraphs.jsonl" --tokenizer "$MODEL" --output "$OUT/data/compression" \
-  --max-tokens 96 --no-progress --overwrite --workers 2 | head -n 1
+  --max-tokens 96 --no-progress --overwrite --workers 2 | sed -n 1p
 $LLM2COMP prep sentences --input "$OUT/samples/sentences.txt" --tokenizer "$MODEL" --output "$OUT/data/sentences" \
-  --max-tokens 48 --no-progress --overwrite --workers 2 | head -n 1
+  --max-tokens 48 --no-progress --overwrite --workers 2 | sed -n 1p
 $LLM2COMP prep pairs --input "$OUT/samples/pairs.jsonl" --tokenizer "$MODEL" --output "$OUT/data/pairs" --max-tokens 48 \
-  --instruction "Retrieve a sentence entailed by the given one" --no-progress --overwrite --workers 2 | head -n 1
+  --instruction "Retrieve a sentence entailed by the given one" --no-progress --overwrite --workers 2 | sed -n 1p
 
 score() {  # score MODEL_DIR NAME [eval args]
   local dir=$1 name=$2; shift 2

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tiny_models import VOCAB, tiny_compressor
-from trainer.engine.gradcache import Rows, encode, encode_without_graph, loss_and_row_gradients, replay
+from trainer.engine.gradcache import Rows, encode, first_pass, loss_and_row_gradients, replay
 from trainer.modeling import row_dropout
 from trainer.objectives.contrastive import gather_groups, supervised_loss, unsupervised_loss
 
@@ -58,9 +58,10 @@ def test_cached_gradients_equal_uncached_with_dropout(objective, chunk):
     ref = grads(comp)
 
     comp.zero_grad()
-    local = encode_without_graph(embed_fn(comp), rows, chunk)
+    local, kept = first_pass(embed_fn(comp), rows, chunk)  # chunk 100: one pass, its graph kept
+    assert (kept is not None) == (chunk >= len(rows))
     loss, g = loss_and_row_gradients(local, loss_fn)
-    replay(embed_fn(comp), rows, g, chunk, backward=lambda l: l.backward(), step=lambda: None)
+    replay(embed_fn(comp), rows, g, chunk, backward=lambda l: l.backward(), step=lambda: None, kept=kept)
     got = grads(comp)
 
     assert torch.allclose(loss, ref_loss.detach(), atol=1e-5), (loss.item(), ref_loss.item())

@@ -346,3 +346,16 @@ def test_memory_init_near_mean_input_embedding(family):
         d = torch.cdist(memory, memory)
         off_diagonal = d[~torch.eye(comp.k, dtype=torch.bool)]
         assert off_diagonal.min() > 1e-3 * typical
+
+
+def test_a_pretrained_base_is_built_in_training_mode(tmp_path, smollm2_tokenizer):
+    """from_pretrained returns eval mode; training it as such would silently switch every dropout off."""
+    from trainer.modeling.build import build_model
+    from trainer.modeling.settings import ModelSettings
+
+    tiny_causal_lm("llama").save_pretrained(tmp_path / "base")
+    settings = ModelSettings(path=str(tmp_path / "base"), tokenizer=smollm2_tokenizer, dtype="float32",
+                             attention="sdpa", memory_tokens=2, lora=LoraSettings(r=4, alpha=8, dropout=0.1))
+    model, _, _ = build_model(settings)
+    frozen = [n for n, m in model.named_modules() if not m.training]
+    assert not frozen, frozen[:5]

@@ -41,7 +41,7 @@ def main(mode, out, recipe_path, *overrides):
     engine, *_ = initialize(model, recipe.train, recipe.optim, task.micro_steps_per_batch)
     batch = next(iter(task.build_data(world)))
     out_loss = task.loss(engine, batch)
-    embed, rows, grad = task._pending
+    embed, rows, grad, kept = task._pending
     # The loss this rank would compute from its own rows alone (no negatives from other ranks).
     _, sizes = task.rows(batch, engine.global_steps, 0)
     fn = unsupervised_loss if recipe.contrast.kind == "ucl" else supervised_loss
@@ -59,7 +59,7 @@ def main(mode, out, recipe_path, *overrides):
 
     scale = world.size / recipe.train.grad_accum
     gradcache.replay(embed, rows, grad * scale, recipe.contrast.chunk,
-                     backward=lambda s: engine.backward(s, scale_wrt_gas=False), step=step)
+                     backward=lambda s: engine.backward(s, scale_wrt_gas=False), step=step, kept=kept)
     assert captured, "no accumulation boundary reached"
     if world.main:
         torch.save({"loss": out_loss.loss.item(), "alone": alone, "grads": captured}, out)

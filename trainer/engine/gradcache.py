@@ -4,13 +4,14 @@
 2. gather every rank's embeddings, compute the global loss and its gradient w.r.t. this rank's rows;
 3. encode each chunk again with a graph and back-propagate the cached gradient: each chunk is one
    DeepSpeed micro-step, so ZeRO-2/3 reduce gradients exactly as for gradient accumulation.
+When the rows fit in one chunk, pass 1 keeps its graph and pass 3 is only its backward: no second forward.
 Dropout masks come from row seeds (``trainer/modeling/row_dropout.py``), so passes 1 and 3 and an
 uncached full-batch pass all see the same masks.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -45,6 +46,15 @@ def encode_without_graph(embed: Callable, rows: Rows, chunk: int) -> torch.Tenso
     return torch.cat([encode(embed, c) for c in rows.chunks(chunk)])
 
 
+def first_pass(embed: Callable, rows: Rows, chunk: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Pass 1: (embeddings without a graph, None); or, when the rows fit one chunk, (embeddings, the same
+    embeddings with their graph) for ``replay(kept=...)``."""
+    if len(rows) <= chunk:
+        kept = encode(embed, rows)
+        return kept.detach(), kept
+    return encode_without_graph(embed, rows, chunk), None
+
+
 def loss_and_row_gradients(local: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
     """The global loss and d(loss)/d(local rows), from embeddings computed without a graph."""
     leaf = local.detach().float().requires_grad_(True)
@@ -53,8 +63,14 @@ def loss_and_row_gradients(local: torch.Tensor, loss_fn: Callable[[torch.Tensor]
     return loss.detach(), grad
 
 
-def replay(embed: Callable, rows: Rows, grad: torch.Tensor, chunk: int, backward: Callable, step: Callable) -> None:
-    """Re-encode chunk by chunk with a graph and push ``grad`` through: one backward and step per chunk."""
+def replay(embed: Callable, rows: Rows, grad: torch.Tensor, chunk: int, backward: Callable, step: Callable,
+           kept: Optional[torch.Tensor] = None) -> None:
+    """Re-encode chunk by chunk with a graph and push ``grad`` through: one backward and step per chunk
+    (or, with ``kept`` from ``first_pass``, one backward through the graph it kept)."""
+    if kept is not None:
+        backward((kept * grad.to(kept.dtype)).sum())
+        step()
+        return
     start = 0
     for c in rows.chunks(chunk):
         emb = encode(embed, c)

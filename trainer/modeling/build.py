@@ -23,7 +23,8 @@ def model_tokenizer(settings: ModelSettings):
 def build_model(settings: ModelSettings, seed: int = 0, lineage: Optional[dict] = None,
                 memory: Optional[torch.Tensor] = None) -> tuple[Compressor, dict, dict]:
     """A Compressor with a fresh LoRA: on the base model, or (``lineage``) on the base with every earlier
-    stage's adapter merged in, in order. Returns it, the tokenizer identity and this model's lineage."""
+    stage's adapter merged in, in order. Returns it in training mode, the tokenizer identity and this
+    model's lineage."""
     base_spec = lineage["base"] if lineage else {
         "path": settings.path, "random_init": settings.random_init,
         "config_overrides": dict(settings.config_overrides), "seed": seed,
@@ -40,5 +41,6 @@ def build_model(settings: ModelSettings, seed: int = 0, lineage: Optional[dict] 
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     k = memory.shape[0] if memory is not None else settings.memory_tokens
     model = build_compressor(base, k, identity["prefix_ids"], pad, settings.lora, seed, memory_init=memory)
+    model.train()  # from_pretrained returns eval mode, which would silently switch every dropout off
     base_spec = {**base_spec, "path": path}
     return model, identity, {"base": base_spec, "adapters": list((lineage or {}).get("adapters", []))}

@@ -149,18 +149,18 @@ class ContrastTask:
         micro = (engine.micro_steps // self.micro_steps_per_batch) % self.recipe.train.grad_accum
         rows, sizes = self.rows(batch, engine.global_steps, micro)
         embed = lambda ids, lengths: engine("embed", ids=ids, lengths=lengths)
-        local = gradcache.encode_without_graph(embed, rows, self.recipe.contrast.chunk)
+        local, kept = gradcache.first_pass(embed, rows, self.recipe.contrast.chunk)
         loss, grad = gradcache.loss_and_row_gradients(local, self.loss_fn(sizes))
-        self._pending = (embed, rows, grad)
+        self._pending = (embed, rows, grad, kept)
         return LossOutput(loss, int(rows.lengths.sum()))
 
     def update(self, engine, out: LossOutput) -> None:
-        embed, rows, grad = self._pending
+        embed, rows, grad, kept = self._pending
         # DeepSpeed averages gradients over ranks and each rank holds only its rows' share of the global
         # loss's gradient: scale by the world size; average over accumulated batches.
         scale = self.world.size / self.recipe.train.grad_accum
         gradcache.replay(embed, rows, grad * scale, self.recipe.contrast.chunk,
-                         backward=lambda s: engine.backward(s, scale_wrt_gas=False), step=engine.step)
+                         backward=lambda s: engine.backward(s, scale_wrt_gas=False), step=engine.step, kept=kept)
         self._pending = None
 
     def save_artifacts(self, engine, directory: str, world) -> None:
