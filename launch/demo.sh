@@ -10,6 +10,8 @@ STS_PAIRS=${DEMO_STS_PAIRS:-300} # STS-B test pairs scored (all 1,379 take a few
 LLM2COMP=${LLM2COMP:-.venv/bin/llm2comp}
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
+# One table is the point: keep library progress bars and deprecation notices out of it.
+export TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONWARNINGS=ignore::FutureWarning
 mkdir -p "$OUT/samples" "$OUT/sts/stsbenchmark"
 
 MODEL=$($LLM2COMP models pull smollm2-135m | tail -n 1)
