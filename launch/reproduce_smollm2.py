@@ -54,10 +54,10 @@ PROFILES = {
             "pretrain": ["max_steps=40", "train.micro_batch=4", "model.dtype=float32", "train.precision=fp32",
                          "model.attention=sdpa", "objective.loss_chunk=1024", "optim.lr=5e-4"],
             "ucl": ["max_steps=20", "train.micro_batch=16", "model.dtype=float32", "train.precision=fp32",
-                    "model.attention=sdpa", "train.gradient_checkpointing=false", "optim.lr=1e-4"],
+                    "model.attention=sdpa", "train.gradient_checkpointing=false", "optim.lr=1e-4", "contrast.chunk=32"],
             "scl": ["max_steps=30", "train.micro_batch=8", "model.dtype=float32", "train.precision=fp32",
                     "model.attention=sdpa", "train.gradient_checkpointing=false", "deepspeed=ds_configs/zero2.json",
-                    "optim.lr=1e-3", "optim.warmup_ratio=0.0", "contrast.chunk=16"],
+                    "optim.lr=1e-3", "optim.warmup_ratio=0.0", "contrast.chunk=24"],
         }),
     # The recipes as committed (128k windows, stage 2 batch 128 x 1,000 steps, stage 3 batch 1,024 x 1,000 steps).
     "full": Profile(paragraphs=None, sentences=None, window=512, sentence_tokens=64, dev_pairs=None,
