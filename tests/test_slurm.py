@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from conftest import ROOT, make_docs, write_jsonl
+from test_contrast import prep
 from test_pretrain import final_weights, losses
 
 import slurm_cluster
@@ -88,17 +89,13 @@ def wait_for_step(run: Path, step: int, job_info, timeout=300) -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, smollm2_tokenizer):
-    from trainer.cli import main
-
     d = tmp_path_factory.mktemp("slurm_data")
     src = write_jsonl(d / "docs.jsonl", make_docs(120, seed=31, lengths=(40, 90)))
-    assert main(["prep", "compression", "--input", str(src), "--tokenizer", smollm2_tokenizer, "--output",
-                 str(d / "compression"), "--max-tokens", "64", "--workers", "1", "--no-progress"]) == 0
+    prep("compression", "--input", src, "--tokenizer", smollm2_tokenizer, "--output", d / "compression", "--max-tokens", "64")
     docs = make_docs(96, seed=32, lengths=(5, 9, 14))
     write_jsonl(d / "p.jsonl", [{"query": docs[i]["text"], "positive": docs[i + 1]["text"],
                                  "negatives": [docs[i + 2]["text"]]} for i in range(0, 96, 3)])
-    assert main(["prep", "pairs", "--input", str(d / "p.jsonl"), "--tokenizer", smollm2_tokenizer, "--output",
-                 str(d / "pairs"), "--max-tokens", "32", "--workers", "1", "--no-progress"]) == 0
+    prep("pairs", "--input", d / "p.jsonl", "--tokenizer", smollm2_tokenizer, "--output", d / "pairs", "--max-tokens", "32")
     return d
 
 
