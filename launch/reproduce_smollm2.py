@@ -75,7 +75,8 @@ class Runner:
             else [sys.executable, "-m", "trainer.cli"]
 
     def __call__(self, *args: str, train: bool = False) -> str:
-        cmd = list(self.llm2comp) + [str(a) for a in args]
+        args = [str(a) for a in args]
+        cmd = list(self.llm2comp) + args
         if train and self.nproc > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.nproc}",
                    "-m", "trainer.cli", *args]
