@@ -21,8 +21,12 @@ node_addr() { scontrol show node "$1" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p'; 
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 head_addr=$(node_addr "$head_node")
 nnodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
-# GPUs per node as SLURM granted them (--gpus-per-node=8 or =a100:8); CPU-only jobs run one worker a node.
+# GPUs per node as SLURM granted them (--gpus-per-node=8 or =a100:8, or --gres=gpu:8: then the devices
+# SLURM made visible); CPU-only jobs run one worker a node.
 gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-}}
+if [ -z "$gpus" ] && [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+  gpus=$(awk -F, '{print NF}' <<< "$CUDA_VISIBLE_DEVICES")
+fi
 nproc=${LLM2COMP_NPROC_PER_NODE:-${gpus##*:}}
 [ "${nproc:-0}" -gt 0 ] 2>/dev/null || nproc=1
 port=${LLM2COMP_RDZV_PORT:-$((20000 + SLURM_JOB_ID % 20000))}  # per job, so jobs sharing a node don't collide
