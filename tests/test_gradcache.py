@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tiny_models import VOCAB, tiny_compressor
+from trainer.modeling.adapters import enable_gradient_checkpointing
 from trainer.engine.gradcache import Rows, encode, first_pass, loss_and_row_gradients, replay
 from trainer.modeling import row_dropout
 from trainer.objectives.contrastive import gather_groups, supervised_loss, unsupervised_loss
@@ -36,8 +37,8 @@ def embed_fn(comp):
 
 
 @pytest.mark.parametrize("objective", ["ucl", "scl"])
-@pytest.mark.parametrize("chunk", [1, 2, 5, 100])
-def test_cached_gradients_equal_uncached_with_dropout(objective, chunk):
+@pytest.mark.parametrize("chunk, checkpointing", [(1, False), (2, False), (5, False), (100, False), (2, True), (100, True)])
+def test_cached_gradients_equal_uncached_with_dropout(objective, chunk, checkpointing):
     comp = dropout_compressor()
     n = 6
     if objective == "ucl":
@@ -58,6 +59,8 @@ def test_cached_gradients_equal_uncached_with_dropout(objective, chunk):
     ref = grads(comp)
 
     comp.zero_grad()
+    if checkpointing:  # the recomputation in backward must replay the forward's dropout masks
+        enable_gradient_checkpointing(comp.model, comp.switch)
     local, kept = first_pass(embed_fn(comp), rows, chunk)  # chunk 100: one pass, its graph kept
     assert (kept is not None) == (chunk >= len(rows))
     loss, g = loss_and_row_gradients(local, loss_fn)

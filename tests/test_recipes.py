@@ -39,7 +39,10 @@ def test_paper_recipe_is_the_paper_setting():
 )
 def test_rank_and_world_from_each_launcher(monkeypatch, env, expect):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+        # setenv first so that monkeypatch restores even the keys world_from_env() writes: a leaked
+        # RANK=5 WORLD_SIZE=16 would make every later subprocess wait for 15 peers that never come.
+        monkeypatch.setenv(k, "unset")
+        monkeypatch.delenv(k)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     w = world_from_env()

@@ -78,9 +78,22 @@ class AdapterSwitch:
 
 
 def enable_gradient_checkpointing(model: nn.Module, switch: AdapterSwitch) -> None:
-    model.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": switch.checkpoint_context}
-    )
+    """Recomputation during backward runs outside the forward's ``with`` blocks: give it the forward's
+    adapter state and the forward's dropout row seeds, or its masks (and so its gradients) would differ."""
+    from .row_dropout import row_seeds_checkpoint_context
+
+    def context_fn():
+        _, adapters = switch.checkpoint_context()
+        _, seeds = row_seeds_checkpoint_context()
+
+        @contextlib.contextmanager
+        def recompute():
+            with adapters, seeds:
+                yield
+
+        return contextlib.nullcontext(), recompute()
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": context_fn})
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, torch.nn.Parameter]]:

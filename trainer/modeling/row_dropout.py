@@ -54,6 +54,11 @@ def row_seeds(seeds: torch.Tensor):
         _state.seeds = before
 
 
+def row_seeds_checkpoint_context():
+    """``context_fn`` pair for torch.utils.checkpoint: recompute under the row seeds of the forward."""
+    return contextlib.nullcontext(), row_seeds(current_seeds())
+
+
 def row_dropout(x: torch.Tensor, p: float, salt: int, seeds: torch.Tensor) -> torch.Tensor:
     keep = row_uniform(seeds, salt, tuple(x.shape[1:]), x.device) >= p
     return x * keep.to(x.dtype) / (1.0 - p)
