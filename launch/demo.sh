@@ -12,56 +12,11 @@ PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
 # One table is the point: keep library progress bars and deprecation notices out of it.
 export TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONWARNINGS=ignore::FutureWarning
-mkdir -p "$OUT/samples" "$OUT/sts/stsbenchmark"
 
 MODEL=$($LLM2COMP models pull smollm2-135m | tail -n 1)
 
-# Data: the shared data set when present, else public hub datasets when the network allows.
-if [ -e "$DATA/corpus/wiki_paragraphs.valid.jsonl.gz" ] && [ -e "$DATA/sts/stsbenchmark/sts-test.csv" ]; then
-  echo "demo: data from $DATA (Wikipedia paragraphs and sentences, SNLI, STS Benchmark)"
-  "$PY" - "$DATA" "$OUT" "$STS_PAIRS" <<'PY'
-import gzip, itertools, shutil, sys
-data, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with gzip.open(f"{data}/corpus/wiki_paragraphs.valid.jsonl.gz", "rb") as s, open(f"{out}/samples/paragraphs.jsonl", "wb") as d:
-    d.writelines(itertools.islice(s, 2000))
-with gzip.open(f"{data}/corpus/wiki_sentences.txt.gz", "rb") as s, open(f"{out}/samples/sentences.txt", "wb") as d:
-    d.writelines(itertools.islice(s, 5000))
-shutil.copy(f"{data}/nli/snli_triplets.jsonl", f"{out}/samples/pairs.jsonl")
-with open(f"{data}/sts/stsbenchmark/sts-test.csv", "rb") as s, open(f"{out}/sts/stsbenchmark/sts-test.csv", "wb") as d:
-    d.writelines(itertools.islice(s, n))
-PY
-else
-  echo "demo: $DATA not found; trying the public hub datasets (wikitext-103, stsb)…"
-  if ! "$PY" - "$OUT" "$STS_PAIRS" <<'PY'
-import json, random, sys
-from datasets import load_dataset
-out, n = sys.argv[1], int(sys.argv[2])
-try:
-    wiki = [t.strip() for t in load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1", split="train[:1%]")["text"]]
-    stsb = load_dataset("sentence-transformers/stsb")
-except Exception as e:  # no network, hub down, dataset moved: one line, then the advice below
-    sys.exit(f"demo: the hub datasets are unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-paras = [t for t in wiki if len(t) > 400 and not t.startswith("=")][:2000]
-with open(f"{out}/samples/paragraphs.jsonl", "w") as f:
-    f.writelines(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(paras))
-sents = [s.strip() + "." for t in paras for s in t.split(". ") if 6 <= len(s.split()) <= 60][:5000]
-open(f"{out}/samples/sentences.txt", "w").write("\n".join(sents) + "\n")
-train = [r for r in stsb["train"] if r["score"] >= 0.8]  # close pairs become (query, positive)
-rng = random.Random(0)
-with open(f"{out}/samples/pairs.jsonl", "w") as f:
-    for r in train:
-        f.write(json.dumps({"query": r["sentence1"], "positive": r["sentence2"],
-                            "negative": rng.choice(train)["sentence2"], "source": "stsb"}) + "\n")
-with open(f"{out}/sts/stsbenchmark/sts-test.csv", "w") as f:
-    for i, r in enumerate(list(stsb["test"])[:n]):
-        f.write(f"hub\tstsb\t-\t{i}\t{r['score'] * 5:.3f}\t{r['sentence1']}\t{r['sentence2']}\n")
-PY
-  then
-    echo "demo: no data. Neither $DATA (the project's shared data set) nor the Hugging Face hub is reachable." >&2
-    echo "      Put the shared data set there, or run: make demo DATA=/path/to/data (same layout), or allow hub access." >&2
-    exit 2
-  fi
-fi
+# Data: the shared data set when present, else public hub datasets when the network allows (exit 2 if neither).
+"$PY" launch/demo_data.py "$DATA" "$OUT" "$STS_PAIRS"
 
 echo "== prep (tokenize into Arrow shards)"
 $LLM2COMP prep compression --input "$OUT/samples/paragraphs.jsonl" --tokenizer "$MODEL" --output "$OUT/data/compression" \

@@ -90,8 +90,15 @@ def test_dropout_is_on_and_row_seeded():
     assert torch.allclose(again, a[[2, 0]], atol=1e-6)
 
 
-def test_row_uniform_is_uniform_and_shape_independent():
-    u = row_dropout.row_uniform(torch.arange(64), 3, (16, 32), "cpu")
-    assert abs(u.mean().item() - 0.5) < 0.01 and abs((u < 0.2).float().mean().item() - 0.2) < 0.01
-    wider = row_dropout.row_uniform(torch.arange(64), 3, (20, 40), "cpu")
-    assert torch.equal(wider[:, :16, :32], u)
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5])
+def test_row_keep_masks_are_bernoulli_independent_and_shape_independent(p):
+    keep = row_dropout.row_keep(torch.arange(256) * 7919 + 11, 3, (24, 96), p, "cpu")
+    q = 1 - p
+    assert abs(keep.float().mean().item() - q) < 0.01
+    # Neighbours along every axis (rows with adjacent seeds, tokens, features) are independent draws.
+    for a, b in [(keep[1:], keep[:-1]), (keep[:, 1:], keep[:, :-1]), (keep[:, :, 1:], keep[:, :, :-1])]:
+        assert abs((a & b).float().mean().item() - q * q) < 0.01
+    wider = row_dropout.row_keep(torch.arange(256) * 7919 + 11, 3, (30, 128), p, "cpu")
+    assert torch.equal(wider[:, :24, :96], keep)  # a row's mask does not depend on the padding width
+    other = row_dropout.row_keep(torch.arange(256) * 7919 + 11, 4, (24, 96), p, "cpu")
+    assert abs((other & keep).float().mean().item() - q * q) < 0.01  # another module, another mask

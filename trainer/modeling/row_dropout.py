@@ -29,14 +29,21 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def row_uniform(seeds: torch.Tensor, salt: int, shape: tuple[int, ...], device) -> torch.Tensor:
-    """Uniform [0, 1) numbers of shape [B, *shape] from per-row seeds and element coordinates."""
+def row_keep(seeds: torch.Tensor, salt: int, shape: tuple[int, ...], p: float, device) -> torch.Tensor:
+    """Keep mask (True with probability 1 - p) of shape [B, *shape] from per-row seeds and coordinates.
+
+    The leading coordinates are hashed on small tensors; the last one, which makes the tensor full-size,
+    gets one multiply-xorshift round whose top bits decide, so the full-size work is a few integer passes
+    (dropout on every LoRA input is most of a contrastive step's elementwise work)."""
     x = _mix((seeds.to(device=device, dtype=torch.int64) & _M32) ^ (salt * 0x61C88647 & _M32))
     x = x.view(-1, *([1] * len(shape)))
-    for d, n in enumerate(shape):
+    for d, n in enumerate(shape[:-1]):
         coord = torch.arange(n, device=device, dtype=torch.int64) * _COORD[d % len(_COORD)]
         x = _mix((x + coord.view(*([1] * d), n, *([1] * (len(shape) - d - 1)))) & _M32)
-    return x.to(torch.float32) / 4294967296.0
+    last = (torch.arange(shape[-1], device=device, dtype=torch.int64) * _COORD[(len(shape) - 1) % len(_COORD)]) & _M32
+    v = x ^ last
+    v = ((v ^ (v >> 15)) * 0x45D9F3B) & _M32
+    return v >= int(p * 4294967296.0)
 
 
 def current_seeds() -> Optional[torch.Tensor]:
@@ -60,8 +67,8 @@ def row_seeds_checkpoint_context():
 
 
 def row_dropout(x: torch.Tensor, p: float, salt: int, seeds: torch.Tensor) -> torch.Tensor:
-    keep = row_uniform(seeds, salt, tuple(x.shape[1:]), x.device) >= p
-    return x * keep.to(x.dtype) / (1.0 - p)
+    keep = row_keep(seeds, salt, tuple(x.shape[1:]), p, x.device)
+    return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
 
 
 class RowDropout(nn.Module):
