@@ -192,6 +192,21 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
     return export, {**info, "run": out}
 
 
+def stage3(run: Runner, variant: str, prof: Profile, paths: dict, init: str | None, lrs: tuple[str, ...],
+           seed: int, dev: str) -> list[dict]:
+    """One stage-3 run per candidate learning rate; STS-B dev chooses, and test is scored for the chosen run only."""
+    candidates = []
+    for lr in lrs or ("",):
+        name = f"{variant}-scl-lr{lr}" if lr else f"{variant}-scl"
+        export, info = train(run, "scl", variant, prof, paths, init, name=name,
+                             extra=(f"optim.lr={lr}",) if lr else (), seed=seed)
+        candidates.append({"variant": variant, "stage": f"3 (scl, lr {lr})" if lr else "3 (scl)", "device": dev,
+                           **info, **score(run, export, paths, name, test=False), "export": export, "name": name})
+    best = max(candidates, key=lambda r: r["dev"])
+    best.update(score(run, best["export"], paths, best["name"], test=True), selected=True)
+    return candidates
+
+
 def device_name() -> str:
     import torch
 
@@ -276,17 +291,7 @@ def main() -> int:
             rows.append({"variant": variant, "stage": {"pretrain": "1 (compression)", "ucl": "2 (ucl)"}[stage],
                          "device": dev, **info, **score(run, export, paths, f"{variant}-{stage}", test=False)})
             json.dump(rows, open(f"{out}/results.json", "w"), indent=2)
-        # Stage 3: one run per candidate learning rate; dev chooses, test is scored for the chosen one only.
-        candidates = []
-        for lr in lrs or ("",):
-            name = f"{variant}-scl-lr{lr}" if lr else f"{variant}-scl"
-            export, info = train(run, "scl", variant, prof, paths, init, name=name,
-                                 extra=(f"optim.lr={lr}",) if lr else (), seed=args.seed)
-            candidates.append({"variant": variant, "stage": f"3 (scl, lr {lr})" if lr else "3 (scl)", "device": dev,
-                               **info, **score(run, export, paths, name, test=False), "export": export, "name": name})
-        best = max(candidates, key=lambda r: r["dev"])
-        best.update(score(run, best["export"], paths, best["name"], test=True), selected=True)
-        rows.extend(candidates)
+        rows.extend(stage3(run, variant, prof, paths, init, lrs, args.seed, dev))
         json.dump(rows, open(f"{out}/results.json", "w"), indent=2)
     md = table(rows)
     open(f"{out}/results.md", "w").write(md + "\n")
