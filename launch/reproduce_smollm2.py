@@ -63,7 +63,7 @@ PROFILES = {
             "scl": ["max_steps=60", "train.micro_batch=16", "model.attention=sdpa", "train.gradient_checkpointing=false",
                     "deepspeed=ds_configs/zero2.json", "optim.warmup_ratio=0.0", "contrast.chunk=24"],
         },
-        scl_lrs=("1e-3", "3e-4", "1e-4")),
+        scl_lrs=("1e-3", "3e-4")),
     # The recipes as committed (128k windows, stage 2 batch 128 x 1,000 steps, stage 3 batch 1,024 x 1,000 steps).
     "full": Profile(paragraphs=None, sentences=None, window=512, sentence_tokens=64, dev_pairs=None,
                     analyze_texts=2000),
