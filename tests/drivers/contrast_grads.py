@@ -5,6 +5,7 @@ caching, any world size; run under torchrun) or (b) as a single-process, uncache
     python -m torch.distributed.run --nproc-per-node 2 tests/drivers/contrast_grads.py cached OUT RECIPE k=v...
     python tests/drivers/contrast_grads.py reference OUT RECIPE k=v...   (train.micro_batch = the global batch)
 """
+import faulthandler
 import sys
 
 import torch
@@ -12,13 +13,14 @@ import torch
 from trainer.config import load_config
 from trainer.engine import gradcache
 from trainer.engine.deepspeed_setup import initialize
-from trainer.engine.dist import World, init_distributed, world_from_env
+from trainer.engine.dist import World, exit_process, init_distributed, shutdown, world_from_env
 from trainer.engine.loop import seed_everything
 from trainer.objectives.contrastive import gather_groups, supervised_loss, unsupervised_loss
 from trainer.stages.contrast import ContrastRecipe, ContrastTask
 
 
 def main(mode, out, recipe_path, *overrides):
+    faulthandler.enable()  # a rank that aborts (SIGABRT, SIGSEGV) prints its Python stack
     recipe = load_config(ContrastRecipe, recipe_path, overrides)
     task = ContrastTask(recipe)
     if mode == "reference":
@@ -63,6 +65,8 @@ def main(mode, out, recipe_path, *overrides):
     assert captured, "no accumulation boundary reached"
     if world.main:
         torch.save({"loss": out_loss.loss.item(), "alone": alone, "grads": captured}, out)
+    shutdown()
+    exit_process(0)  # as `llm2comp` does: teardown with live gloo groups can abort a finished rank
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from data_prep.errors import UserError
 
 from .checkpoint import Checkpointer
 from .deepspeed_setup import initialize, set_num_threads_for_cpu, zero_stage
-from .dist import World, any_rank, barrier, init_distributed, world_from_env
+from .dist import World, any_rank, init_distributed, shutdown, world_from_env
 from .metrics import MetricsLogger
 from .settings import OptimSettings, TrainSettings
 from .signals import REQUEUE_EXIT, StopRequest
@@ -168,7 +168,7 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
             say(f"done: {step} steps; artifacts in {os.path.join(train_cfg.output_dir, 'final')}")
     finally:
         metrics.close()
-    barrier()
+    shutdown()
     return exit_code
 
 
