@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/llm2comp models pull smollm2-135m
 	bash launch/demo.sh "$(DATA)" "$(OUT)"
 
-# The small-scale reproduction of docs/RESULTS.md; PROFILE=cpu (reduced, ~1.5 h on 2 cores) or full (GPU).
+# The small-scale reproduction of docs/RESULTS.md; PROFILE=cpu (reduced, ~2 h on 2 cores) or full (GPU).
 PROFILE ?= cpu
 reproduce-smollm2: install
 	$(PY) launch/reproduce_smollm2.py --profile $(PROFILE) --data "$(DATA)"
