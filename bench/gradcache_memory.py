@@ -37,8 +37,8 @@ FLAT = 1.3  # cached peak(B max) / peak(B min) below this counts as flat
 
 def _build(a, dev, dtype):
     import torch, transformers
-    from trainer.modeling import row_dropout
     from trainer.modeling.adapters import LoraSettings
+    from trainer.modeling.dropout import enable_row_seeded_dropout
     from trainer.modeling.compressor import build_compressor
     cfg = transformers.LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
                                    num_hidden_layers=a.layers, num_attention_heads=4, num_key_value_heads=2,
@@ -51,9 +51,7 @@ def _build(a, dev, dtype):
         for n, p in comp.named_parameters():
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    comp.config.attention_dropout = 0.2
-    comp.config._attn_implementation = row_dropout.register_attention()
-    assert row_dropout.install(comp.model) > 0
+    enable_row_seeded_dropout(comp, 0.2)  # as ContrastTask does
     return comp.to(dev).train()
 
 

@@ -320,20 +320,18 @@ def lora_settings():
 
 def build_project_model(a, stage: str):
     """The project's Compressor, set up as PretrainTask/ContrastTask.build_model set it up."""
-    from trainer.modeling import row_dropout
     from trainer.modeling.adapters import enable_gradient_checkpointing
-    from trainer.modeling.attention import resolve_attention
     from trainer.modeling.compressor import build_compressor
+    from trainer.modeling.dropout import enable_row_seeded_dropout, set_attention_dropout
 
-    base = build_base(a.model_config, a.dtype, resolve_attention(a.attention), a.device)
+    base = build_base(a.model_config, a.dtype, a.attention, a.device)
     # Not under torch.device(...): initial_memory draws from a CPU generator.
     model = build_compressor(base, MEMORY_TOKENS, ARCHS[a.model_config][2], 0, lora_settings(), SEED)
     model.loss_chunk = a.loss_chunk
-    if stage in ("ucl", "scl"):
-        model.config.attention_dropout = a.attention_dropout
-        if a.attention_dropout > 0:  # ContrastTask: row-seeded attention dropout keeps caching exact
-            model.config._attn_implementation = row_dropout.register_attention()
-        row_dropout.install(model.model)
+    if stage in ("ucl", "scl"):  # as ContrastTask: row-seeded LoRA and attention dropout keep caching exact
+        enable_row_seeded_dropout(model, a.attention_dropout)
+    else:
+        set_attention_dropout(model.model, 0.0)
     if a.gradient_checkpointing and stage != "encode":
         enable_gradient_checkpointing(model.model, model.switch)
     return model.to(a.device).train(stage != "encode")

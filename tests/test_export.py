@@ -45,7 +45,7 @@ def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm
 
     assert main(["export", "--run", str(ucl_run), "--output", str(tmp_path / "exp")]) == 0
     config = json.loads((tmp_path / "exp" / "llm2comp_config.json").read_text())
-    assert config["memory_tokens"] == 4 and len(config["lineage"]["adapters"]) == 2
+    assert config["memory_tokens"] == 4 and len(config["lineage"]["stages"]) == 2
     assert all(p.suffix != ".bin" for p in (tmp_path / "exp").iterdir())  # safetensors only
 
     texts = [d["text"] for d in make_docs(7, seed=31, lengths=(3, 15, 40))]
@@ -61,9 +61,26 @@ def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm
         trained = comp.embed_texts(ids, lengths).numpy()
     # Merging W + BA changes rounding only.
     assert np.abs(exported - trained).max() <= 1e-4 * np.abs(trained).max()
-    # Bidirectional attention survives the export: the first memory state depends on the text's end.
-    other = Encoder.from_pretrained(str(tmp_path / "exp")).encode([texts[2] + " river"], batch_size=1)
-    assert np.abs(other[0] - exported[2]).max() > 1e-4
+    # Bidirectional attention survives the export: position 0 of the text moves when its last token changes
+    # (the memory tokens follow the text, so they would see its end even through a causal model).
+    enc = Encoder.from_pretrained(str(tmp_path / "exp"))
+    ids = torch.tensor([[5, 17, 33, 41], [5, 17, 33, 42]])
+    with torch.no_grad():
+        hidden = enc.model.get_decoder()(input_ids=ids, is_causal=False).last_hidden_state
+        causal = enc.model.get_decoder()(input_ids=ids, is_causal=True).last_hidden_state
+    assert (hidden[0, 0] - hidden[1, 0]).abs().max() > 1e-3 * hidden.abs().max()
+    assert torch.equal(causal[0, 0], causal[1, 0])
+
+    # Text settings from the runs' shards: stage 1 windows of up to 64 tokens, sentences of up to 32.
+    assert config["max_length"] == 64 and config["instruction_template"] == "{instruction}: {query}"
+    # Nothing of the training machine: no absolute path in any file of the export.
+    for f in (tmp_path / "exp").iterdir():
+        if f.suffix in (".json", ".jinja", ".txt", ".md"):
+            text = f.read_text()
+            for root in {str(ucl_run.parent.parent), str(smollm2_tokenizer), str(ROOT)}:
+                assert root not in text, (f.name, root)
+    assert config["lineage"]["base"]["name"] == "smollm2-135m"
+    assert [s["stage"] for s in config["lineage"]["stages"]] == ["pretrain", "ucl"]
 
     # The CLI gives the in-process API's embeddings.
     (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
@@ -98,3 +115,43 @@ def test_export_and_encode_errors(tmp_path, cli):
     assert code == 2 and "lineage.json" in err and "Traceback" not in err
     code, _, err = cli("encode", "--model", str(tmp_path), "--input", str(tmp_path / "none.txt"), "--output", str(tmp_path / "o.npy"))
     assert code == 2 and "none.txt" in err
+
+
+def test_export_takes_template_and_length_from_the_runs(tmp_path, ucl_run, smollm2_tokenizer):
+    """A stage 3 on pairs made with another instruction template and length: the export formats queries
+    with that template, cuts at that length, and `eval sts --instruction` reaches the model."""
+    from conftest import write_jsonl
+    from test_contrast import prep
+    from trainer.cli import main
+    from trainer.encoder import Encoder
+
+    docs = make_docs(48, seed=41, lengths=(5, 9, 14))
+    rows = [{"query": docs[i]["text"], "positive": docs[i + 1]["text"], "negatives": [docs[i + 2]["text"]]}
+            for i in range(0, 48, 3)]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    prep("pairs", "--input", tmp_path / "p.jsonl", "--tokenizer", smollm2_tokenizer, "--output", tmp_path / "pairs",
+         "--max-tokens", "100", "--instruction", "Find it", "--template", "Query: {query} (task: {instruction})")
+    r = contrast(1, RECIPES / "tiny-cpu-scl.yaml", f"data={tmp_path / 'pairs'}", f"init_from={ucl_run}",
+                 f"output_dir={tmp_path / 'scl'}", "max_steps=1", "chunk=4")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert main(["export", "--run", str(tmp_path / "scl"), "--output", str(tmp_path / "exp")]) == 0
+    config = json.loads((tmp_path / "exp" / "llm2comp_config.json").read_text())
+    assert config["instruction_template"] == "Query: {query} (task: {instruction})"
+    assert config["max_length"] == 100
+    enc = Encoder.from_pretrained(str(tmp_path / "exp"))
+    assert enc.format("a b", "Find it") == "Query: a b (task: Find it)"
+    assert main(["export", "--run", str(tmp_path / "scl"), "--output", str(tmp_path / "short"), "--max-length", "7"]) == 0
+    assert json.loads((tmp_path / "short" / "llm2comp_config.json").read_text())["max_length"] == 7
+
+    sts = tmp_path / "sts" / "stsbenchmark"
+    sts.mkdir(parents=True)
+    texts = [d["text"] for d in docs[:9]]
+    (sts / "sts-test.csv").write_text("".join(f"g\tf\t2012\t{i}\t{i % 5}.0\t{a}\t{b}\n"
+                                              for i, (a, b) in enumerate(zip(texts, texts[1:] + texts[:1]))))
+    scores = {}
+    for extra in ([], ["--instruction", "Find it"]):
+        out = tmp_path / f"r{len(extra)}.json"
+        assert main(["eval", "sts", "--model", str(tmp_path / "exp"), "--data", str(tmp_path / "sts"), "--output", str(out),
+                     *extra]) == 0
+        scores[len(extra)] = json.loads(out.read_text())["results"]["STSBenchmark"]
+    assert scores[0]["spearman"] != scores[2]["spearman"], "the instruction must reach the model"

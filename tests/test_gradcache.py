@@ -11,12 +11,10 @@ from trainer.objectives.contrastive import gather_groups, supervised_loss, unsup
 
 
 def dropout_compressor(family="llama", lora_dropout=0.1, attention_dropout=0.2):
+    from trainer.modeling.dropout import enable_row_seeded_dropout
+
     comp = tiny_compressor(family, k=3, prefix=(1,), lora_dropout=lora_dropout)
-    name = row_dropout.register_attention()
-    cfg = comp.config
-    cfg.attention_dropout = attention_dropout
-    cfg._attn_implementation = name
-    assert row_dropout.install(comp.model) > 0
+    enable_row_seeded_dropout(comp, attention_dropout)  # what ContrastTask does
     return comp.train()
 
 
@@ -53,7 +51,9 @@ def test_cached_gradients_equal_uncached_with_dropout(objective, chunk, checkpoi
         loss_fn = lambda x: supervised_loss(gather_groups(x, sizes), 0.05)
 
     comp.zero_grad()
+    calls = row_dropout.STATS["dropout_calls"]
     full = encode(embed_fn(comp), rows)  # one pass, with a graph, whole batch
+    assert row_dropout.STATS["dropout_calls"] > calls, "row-seeded attention dropout did not run"
     ref_loss = loss_fn(full)
     ref_loss.backward()
     ref = grads(comp)

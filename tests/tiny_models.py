@@ -15,20 +15,24 @@ FAMILIES = {
 }
 
 
-# Gemma-2 has no SDPA path in transformers (soft-capped attention): eager it is.
-EAGER_ONLY = {"gemma2"}
-
-
-def tiny_causal_lm(family: str = "llama", attention: str = "sdpa", seed: int = 0, **overrides):
+def tiny_config(family: str = "llama", **overrides):
     import transformers
 
-    if family in EAGER_ONLY:
-        attention = "eager"
     cls_name, extra = FAMILIES[family]
-    cfg = getattr(transformers, cls_name)(
+    return getattr(transformers, cls_name)(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, **{**extra, **overrides}
     )
+
+
+def tiny_causal_lm(family: str = "llama", attention: str = "auto", seed: int = 0, **overrides):
+    """``attention``: a recipe choice, resolved as training resolves it (``auto``: Gemma 2 gets eager)."""
+    import transformers
+
+    from trainer.modeling.attention import resolve_attention
+
+    cfg = tiny_config(family, **overrides)
+    attention = resolve_attention(attention, cfg)
     cfg._attn_implementation = attention
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attention).float()
@@ -36,11 +40,11 @@ def tiny_causal_lm(family: str = "llama", attention: str = "sdpa", seed: int = 0
 
 
 def tiny_compressor(family: str = "llama", k: int = 3, prefix=(1,), seed: int = 0, lora_dropout: float = 0.0,
-                    randomize_lora: bool = True, attention: str = "sdpa"):
+                    randomize_lora: bool = True, attention: str = "auto", **overrides):
     from trainer.modeling.adapters import LoraSettings
     from trainer.modeling.compressor import build_compressor
 
-    base = tiny_causal_lm(family, attention=attention, seed=seed)
+    base = tiny_causal_lm(family, attention=attention, seed=seed, **overrides)
     comp = build_compressor(base, k, list(prefix), pad_id=0, lora=LoraSettings(r=4, alpha=8, dropout=lora_dropout), seed=seed)
     if randomize_lora:  # LoRA B starts at zero; make the adapter matter so on/off mistakes show
         g = torch.Generator().manual_seed(seed + 1)

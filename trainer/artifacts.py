@@ -1,8 +1,9 @@
 """A stage's output, ``OUTPUT_DIR/final/``: the small files the next stage and export read.
 
-``adapter/`` (peft folder), ``memory.safetensors``, ``recipe.yaml`` (resolved), ``tokenizer_identity.json``
-and ``lineage.json``: how to rebuild the base this run's adapter applies to (the base model, then every
-earlier stage's adapter merged in order).
+``adapter/`` (peft folder), ``memory.safetensors``, ``recipe.yaml`` (resolved), ``tokenizer_identity.json``,
+``lineage.json``: how to rebuild the base this run's adapter applies to (the base model, then every
+earlier stage's adapter merged in order), and ``run_info.json``: the stage, the settings its modules
+really had, and what its data was made with (instruction template, maximum length), which export reads.
 """
 from __future__ import annotations
 
@@ -29,7 +30,18 @@ def _gathered(params):
         return contextlib.nullcontext()
 
 
-def save_artifacts(model, directory: str, world, recipe, identity: dict, lineage: dict) -> None:
+RUN_INFO = "run_info.json"
+
+
+def data_summary(manifest: dict) -> dict:
+    """What export needs to know of a stage's shards: how texts were formatted and how long they could be."""
+    options = manifest.get("args", {}).get("options", {})
+    keep = ("max_tokens", "template", "instruction", "instructions")
+    return {"kind": manifest.get("kind"), **{k: options[k] for k in keep if k in options},
+            "rows": manifest.get("totals", {}).get("rows"), "tokens": manifest.get("totals", {}).get("tokens")}
+
+
+def save_artifacts(model, directory: str, world, recipe, identity: dict, lineage: dict, info: dict) -> None:
     from safetensors.torch import save_file
 
     with _gathered([p for p in model.parameters() if p.requires_grad]):
@@ -41,6 +53,8 @@ def save_artifacts(model, directory: str, world, recipe, identity: dict, lineage
             save_config(recipe, os.path.join(directory, "recipe.yaml"))
             with open(os.path.join(directory, "tokenizer_identity.json"), "w") as fh:
                 json.dump(identity, fh, indent=2)
+            with open(os.path.join(directory, RUN_INFO), "w") as fh:
+                json.dump(info, fh, indent=2)
             mine = {**lineage, "adapters": [*lineage["adapters"], os.path.abspath(os.path.join(directory, "adapter"))]}
             with open(os.path.join(directory, "lineage.json"), "w") as fh:
                 json.dump(mine, fh, indent=2)
@@ -60,3 +74,12 @@ def read_run(run_dir: str) -> tuple[dict, torch.Tensor]:
     if missing:
         raise UserError(f"init.init_from {run_dir}: adapter {missing[0]} named in lineage.json is missing")
     return lineage, load_file(os.path.join(final, "memory.safetensors"))["memory"]
+
+
+def read_run_info(final: str) -> dict:
+    """A stage's ``run_info.json`` ({} for runs made before it existed)."""
+    path = os.path.join(final, RUN_INFO)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens an input is cut to (default: the longest the training shards allowed)")
     p.set_defaults(func=_lazy("trainer.export"))
     p = sub.add_parser("encode", help="embed texts (.txt lines or .jsonl with --text-field) into a .npy file")
     p.add_argument("--model", required=True, metavar="DIR")
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=["mean", "last", "memory"], help="for a plain causal LM")
     p.add_argument("--stsb-split", default="test", choices=["test", "dev", "train"])
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--instruction", default=None,
+                   help="applied to both sentences with the model's instruction template (supervised models)")
     p.set_defaults(func=_lazy("trainer.eval_cli"))
     p = sub.add_parser("analyze", help="dimensional collapse: singular spectrum, effective rank, alignment, uniformity")
     p.add_argument("--model", required=True, metavar="DIR")

@@ -19,6 +19,23 @@ CONFIG = "llm2comp_config.json"
 FORMAT_VERSION = 1
 
 
+def load_attention(path: str, trained: Optional[str], device: str) -> str:
+    """What training used where this machine and model can run it, else the best the model supports here
+    (a model trained with flash-attn on a GPU is encoded with SDPA or eager on a CPU)."""
+    from .modeling.attention import resolve_attention, supported_attention
+    from .modeling.loading import load_config
+
+    model_config = load_config(path)
+    if trained == "flash_attention_2" and not device.startswith("cuda"):
+        trained = None
+    if trained and trained in supported_attention(model_config):
+        try:
+            return resolve_attention(trained, model_config)
+        except UserError:
+            pass
+    return resolve_attention("auto", model_config)
+
+
 class Encoder:
     def __init__(self, model, tokenizer, memory: torch.Tensor, config: dict):
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
@@ -41,10 +58,15 @@ class Encoder:
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: None}[dtype]
         if torch_dtype is None:
             torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa").to(device)
+        attention = load_attention(path, config.get("trained_attention"), device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attention).to(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
         memory = load_file(os.path.join(path, "memory.safetensors"))["memory"]
-        return cls(model, tokenizer, memory, config)
+        encoder = cls(model, tokenizer, memory, config)
+        from .modeling.probe import check_bidirectional
+
+        check_bidirectional(encoder.model, encoder.model.get_decoder(), model.config.get_text_config().vocab_size)
+        return encoder
 
     @property
     def dimension(self) -> int:

@@ -10,8 +10,10 @@ def run(args) -> int:
     from .evaluation.sts import evaluate, find_sets, markdown
 
     sets = find_sets(args.data, args.stsb_split)
-    encode = load_encoder(args.model, args.pooling, args.batch_size)
+    encode = load_encoder(args.model, args.pooling, args.batch_size, args.instruction)
     name = args.model if not args.pooling else f"{args.model} ({args.pooling} pooling)"
+    if args.instruction:
+        name += f", instruction {args.instruction!r}"
     report = evaluate(encode, sets, name)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -12,7 +12,7 @@ from .settings import OptimSettings, TrainSettings
 
 # Decided by the recipe; a ds_configs file setting them would silently disagree with it.
 RECIPE_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-               "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
+               "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler", "data_types")
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,6 +40,15 @@ def load_ds_config(path: str, train: TrainSettings, optim: OptimSettings, micro_
         steps_per_print=10**9,
         wall_clock_breakdown=False,
     )
+    accumulated = config["gradient_accumulation_steps"] > 1
+    if train.precision == "bf16":
+        if zero_stage(config) >= 1:
+            # Gradients of the micro-steps of one batch (gradient-cache chunks, grad_accum) are summed in fp32:
+            # DeepSpeed's default sums them in the model's bf16, which loses the small chunks' share.
+            config["data_types"] = {"grad_accum_dtype": "fp32"}
+        elif accumulated:
+            raise ConfigError(f"train.deepspeed {path}: ZeRO stage 0 sums accumulated bf16 gradients in bf16 "
+                              f"({config['gradient_accumulation_steps']} micro-steps a batch here); use ZeRO 1 or more")
     return config
 
 

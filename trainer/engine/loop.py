@@ -73,6 +73,12 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
     say = log if world.main else (lambda *a, **k: None)
 
     model = task.build_model(world, device)
+    effective = getattr(task, "effective", None)
+    if effective is not None and world.main:
+        from ..modeling.effective import summary, write_effective
+
+        write_effective(effective, train_cfg.output_dir)
+        say(summary(effective))
     engine, _, scheduler, ds_config = initialize(model, train_cfg, optim, getattr(task, "micro_steps_per_batch", 1))
     data = task.build_data(world)
     ckpt = Checkpointer(os.path.join(train_cfg.output_dir, "checkpoints"), world, train_cfg.keep_last)

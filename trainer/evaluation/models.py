@@ -13,14 +13,17 @@ from data_prep.errors import UserError
 POOLINGS = ("mean", "last", "memory")
 
 
-def load_encoder(path: str, pooling: Optional[str] = None, batch_size: int = 32) -> Callable[[list[str]], np.ndarray]:
+def load_encoder(path: str, pooling: Optional[str] = None, batch_size: int = 32,
+                 instruction: Optional[str] = None) -> Callable[[list[str]], np.ndarray]:
     from ..encoder import CONFIG, Encoder
 
     if not os.path.isdir(path):
         raise UserError(f"--model {path}: no such directory")
     if os.path.exists(os.path.join(path, CONFIG)):
         enc = Encoder.from_pretrained(path)
-        return lambda texts: enc.encode(texts, batch_size=batch_size)
+        return lambda texts: enc.encode(texts, batch_size=batch_size, instruction=instruction)
+    if instruction:
+        raise UserError(f"--instruction: {path} is not an llm2comp export, which alone knows its instruction template")
     if os.path.exists(os.path.join(path, "modules.json")):
         from sentence_transformers import SentenceTransformer
 
@@ -45,7 +48,11 @@ class PooledLM:
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(self.device).eval()
+        from ..modeling.attention import resolve_attention
+        from ..modeling.loading import load_config
+
+        attention = resolve_attention("auto", load_config(path))
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention).to(self.device).eval()
         self.tok = load_tokenizer(path)
         self.prefix = torch.tensor(tokenizer_identity(self.tok)["prefix_ids"], dtype=torch.long)
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)

@@ -8,7 +8,6 @@ import torch
 
 from data_prep.tokenizer import load_tokenizer, tokenizer_identity
 
-from .attention import resolve_attention
 from .compressor import Compressor, build_compressor
 from .loading import load_causal_lm, resolve_model_path
 from .settings import ModelSettings
@@ -26,13 +25,13 @@ def build_model(settings: ModelSettings, seed: int = 0, lineage: Optional[dict] 
     stage's adapter merged in, in order. Returns it in training mode, the tokenizer identity and this
     model's lineage."""
     base_spec = lineage["base"] if lineage else {
-        "path": settings.path, "random_init": settings.random_init,
+        "path": settings.path, "name": settings.path, "random_init": settings.random_init,
         "config_overrides": dict(settings.config_overrides), "seed": seed,
     }
     if lineage and not settings.tokenizer:
         settings = replace(settings, tokenizer=base_spec["path"])
     tok, identity = model_tokenizer(settings)
-    base, path = load_causal_lm(base_spec["path"], settings.dtype, resolve_attention(settings.attention),
+    base, path = load_causal_lm(base_spec["path"], settings.dtype, settings.attention,
                                 base_spec["random_init"], base_spec["config_overrides"], base_spec["seed"])
     for adapter in (lineage or {}).get("adapters", []):
         from peft import PeftModel
@@ -44,3 +43,29 @@ def build_model(settings: ModelSettings, seed: int = 0, lineage: Optional[dict] 
     model.train()  # from_pretrained returns eval mode, which would silently switch every dropout off
     base_spec = {**base_spec, "path": path}
     return model, identity, {"base": base_spec, "adapters": list((lineage or {}).get("adapters", []))}
+
+
+def prepare_for_training(model: Compressor, settings: ModelSettings, device, *, attention_dropout: float,
+                         row_seeded: bool, gradient_checkpointing: bool) -> dict:
+    """Put the recipe's module-level settings where the modules read them, move the model to ``device``,
+    check it is bidirectional where it must be, and read every setting back (``trainer/modeling/effective.py``).
+    Returns the effective settings; any disagreement with the recipe stops here, in one line.
+
+    ``row_seeded``: the contrastive stages, whose dropout (LoRA's and ``attention_dropout``) is drawn from
+    row seeds so gradient caching stays exact. Stage 1 runs without attention dropout: its frozen teacher
+    must give the same distribution the student is scored against."""
+    from .adapters import enable_gradient_checkpointing
+    from .attention import resolve_attention
+    from .dropout import enable_row_seeded_dropout, set_attention_dropout
+    from .effective import expected_for, verify
+
+    resolved = resolve_attention(settings.attention, model.config)
+    if row_seeded:
+        enable_row_seeded_dropout(model, attention_dropout)
+    else:
+        set_attention_dropout(model.model, attention_dropout)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model.model, model.switch)
+    model = model.to(device).train()
+    probe = model.check_bidirectional()
+    return verify(model, expected_for(settings, resolved, attention_dropout, row_seeded), probe)

@@ -108,6 +108,12 @@ class Compressor(nn.Module):
         select = (pos >= start[:, None]) & (pos < (start + target_lengths)[:, None])
         return hidden[select]
 
+    def check_bidirectional(self) -> dict:
+        """E (adapter on) bidirectional, D (adapter off) causal, through the calls training makes."""
+        from .probe import check_bidirectional
+
+        return check_bidirectional(self, self.decoder, self.config.get_text_config().vocab_size, self.switch)
+
     def forward(self, task: str, **batch) -> torch.Tensor:
         """The entry DeepSpeed calls (so ZeRO-3 gathers parameters); ``task`` picks the computation."""
         if task == "embed":

@@ -42,14 +42,19 @@ def load_config(path: str, overrides: Optional[dict] = None):
     return config
 
 
-def load_causal_lm(path: str, dtype: str, attention: str, random_init: bool = False,
+def load_causal_lm(path: str, dtype: str, attention: str = "auto", random_init: bool = False,
                    config_overrides: Optional[dict] = None, seed: int = 0):
+    """The causal LM and its resolved path; ``attention`` is a recipe choice (``auto`` included), resolved
+    for this model's class (``trainer/modeling/attention.py``)."""
     from transformers import AutoModelForCausalLM
+
+    from .attention import resolve_attention
 
     if dtype not in DTYPES:
         raise UserError(f"model.dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     path = resolve_model_path(path)
     config = load_config(path, config_overrides)
+    attention = resolve_attention(attention, config)
     if random_init:
         torch.manual_seed(seed)  # every rank builds the same random weights
         config._attn_implementation = attention

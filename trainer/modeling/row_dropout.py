@@ -87,36 +87,92 @@ class RowDropout(nn.Module):
         return row_dropout(x, self.p, self.salt, seeds)
 
 
-def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
-    """Attention with row-seeded dropout on the probabilities; plain SDPA when there is no dropout."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+# Attention kwargs that change what attention computes and that the explicit path does not implement
+# (soft-capping it does; sliding windows arrive in the mask): refused rather than silently dropped.
+_REFUSED = ("s_aux", "sinks", "position_bias")
+STATS = {"dropout_calls": 0}  # explicit row-seeded calls (tests assert the path ran)
 
-    seeds = current_seeds()
-    if seeds is None or dropout == 0 or not module.training:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+
+def _original_attention(module, original: str):
+    """The model's own implementation: ``eager`` is each modeling file's own function (Gemma 2's soft-caps)."""
+    if original == "eager":
+        import sys
+
+        return sys.modules[type(module).__module__].eager_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[original]
+
+
+def explicit_attention(module, query, key, value, attention_mask, dropout: float, scaling=None, is_causal=None,
+                       softcap=None, seeds=None):
+    """softmax(QK^T·scaling [soft-capped] + mask) V with row-seeded dropout on the probabilities, as the
+    modeling files' eager attention computes it. Sliding windows arrive inside the mask."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
     groups = query.shape[1] // key.shape[1]
     k, v = repeat_kv(key, groups), repeat_kv(value, groups)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     w = torch.matmul(query, k.transpose(2, 3)) * scaling
+    if softcap is not None:
+        w = torch.tanh(w / softcap) * softcap
     tq, tk = w.shape[-2:]
+    # The dtype's minimum rather than -inf, as eager attention masks: a row with no key left (a padding
+    # position outside every window) stays finite instead of turning into NaN that spreads to real rows.
+    low = torch.finfo(w.dtype).min
     if attention_mask is not None:
-        w = w.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool else w + attention_mask
+        if attention_mask.dtype == torch.bool:
+            w = w.masked_fill(~attention_mask, low)
+        else:
+            w = w + attention_mask[..., :tk]
     elif (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and tq > 1:
-        w = w.masked_fill(torch.ones(tq, tk, dtype=torch.bool, device=w.device).triu(1), float("-inf"))
+        w = w.masked_fill(torch.ones(tq, tk, dtype=torch.bool, device=w.device).triu(1), low)
     w = torch.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
-    w = row_dropout(w, dropout, 1_000_003 + int(getattr(module, "layer_idx", 0)), seeds)
+    if seeds is not None and dropout > 0:
+        STATS["dropout_calls"] += 1
+        w = row_dropout(w, dropout, 1_000_003 + int(getattr(module, "layer_idx", 0)), seeds)
     return torch.matmul(w, v).transpose(1, 2).contiguous(), None
 
 
-def register_attention() -> str:
-    """Make ``ATTENTION_NAME`` a transformers attention implementation (with SDPA's mask format)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+def _row_dropout_attention(original: str, fallback_explicit: bool):
+    def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
+                  **kwargs):
+        """Row-seeded dropout on the attention probabilities; the model's own attention when there is none."""
+        seeds = current_seeds()
+        refused = [k for k in _REFUSED if kwargs.get(k) is not None]
+        if refused:
+            from data_prep.errors import UserError
 
-    AttentionInterface.register(ATTENTION_NAME, attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
-    return ATTENTION_NAME
+            raise UserError(f"{type(module).__name__} passes {', '.join(refused)} to attention, which row-seeded "
+                            "attention dropout does not implement; set contrast.attention_dropout=0")
+        if seeds is None or dropout == 0 or not module.training:
+            if not fallback_explicit:
+                return _original_attention(module, original)(module, query, key, value, attention_mask, dropout=dropout,
+                                                             scaling=scaling, is_causal=is_causal, **kwargs)
+            seeds = None
+        return explicit_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal,
+                                  kwargs.get("softcap"), seeds)
+
+    return attention
+
+
+def register_attention(original: str, supported: list[str]) -> str:
+    """Register a transformers attention implementation that wraps ``original`` with row-seeded dropout,
+    with ``original``'s mask format (so it can hand over to it); returns its name.
+
+    flash-attn takes no 4D mask, so a flash model gets SDPA's masks and, without dropout, SDPA (or the
+    explicit path where the model has no SDPA support)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    if original.startswith(ATTENTION_NAME):
+        return original
+    mask_format = original if original in ("sdpa", "eager") else "sdpa"
+    fallback = original if original in ("sdpa", "eager") else "sdpa"
+    name = f"{ATTENTION_NAME}_{original}"
+    AttentionInterface.register(name, _row_dropout_attention(fallback, fallback not in supported))
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_format])
+    return name
 
 
 def install(peft_model: nn.Module) -> int:

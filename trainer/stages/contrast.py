@@ -13,7 +13,7 @@ from typing import ClassVar, Literal, Optional
 
 import torch
 
-from ..artifacts import read_run, save_artifacts
+from ..artifacts import data_summary, read_run, save_artifacts
 from ..config import ConfigError
 from ..engine import gradcache
 from ..engine.loop import COMMON_ALIASES, LossOutput, run_stage
@@ -77,9 +77,7 @@ class ContrastTask:
         self.micro_steps_per_batch = math.ceil(self.rows_per_batch / c.chunk)
 
     def build_model(self, world, device):
-        from ..modeling import row_dropout
-        from ..modeling.adapters import enable_gradient_checkpointing
-        from ..modeling.build import build_model
+        from ..modeling.build import build_model, prepare_for_training
 
         r = self.recipe
         lineage = memory = None
@@ -87,16 +85,10 @@ class ContrastTask:
             lineage, memory = read_run(r.init.init_from)
             memory = memory if r.init.carry_memory else None
         model, self.identity, self.lineage = build_model(r.model, r.train.seed, lineage, memory)
-        cfg = model.config
-        cfg.attention_dropout = r.contrast.attention_dropout
-        if r.contrast.attention_dropout > 0:
-            # Row-seeded attention dropout (plain SDPA whenever it is off) keeps caching exact.
-            cfg._attn_implementation = row_dropout.register_attention()
-        row_dropout.install(model.model)
-        if r.train.gradient_checkpointing:
-            enable_gradient_checkpointing(model.model, model.switch)
+        self.effective = prepare_for_training(model, r.model, device, attention_dropout=r.contrast.attention_dropout,
+                                              row_seeded=True, gradient_checkpointing=r.train.gradient_checkpointing)
         self.pad_id = model.pad_id
-        return model.to(device)
+        return model
 
     def build_data(self, world):
         from ..data.contrast import PairBatches, SentenceBatches
@@ -104,7 +96,7 @@ class ContrastTask:
 
         r = self.recipe
         kind = "sentences" if r.contrast.kind == "ucl" else "pairs"
-        dataset, _ = open_shards(r.data.path, kind, self.identity, r.data.verify_shards)
+        dataset, self.manifest = open_shards(r.data.path, kind, self.identity, r.data.verify_shards)
         self.world = world
         if kind == "sentences":
             return SentenceBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed, self.pad_id,
@@ -163,8 +155,11 @@ class ContrastTask:
                          backward=lambda s: engine.backward(s, scale_wrt_gas=False), step=engine.step, kept=kept)
         self._pending = None
 
+    def run_info(self) -> dict:
+        return {"stage": self.recipe.contrast.kind, "effective": self.effective, "data": data_summary(self.manifest)}
+
     def save_artifacts(self, engine, directory: str, world) -> None:
-        save_artifacts(engine.module, directory, world, self.recipe, self.identity, self.lineage)
+        save_artifacts(engine.module, directory, world, self.recipe, self.identity, self.lineage, self.run_info())
 
 
 def run(args) -> int:

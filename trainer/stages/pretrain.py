@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from ..artifacts import save_artifacts
+from ..artifacts import data_summary, save_artifacts
 
 from ..data.compression import CompressionBatches
 from ..data.shards import open_shards
@@ -39,19 +39,19 @@ class PretrainTask:
         self.identity = None
 
     def build_model(self, world, device):
-        from ..modeling.adapters import enable_gradient_checkpointing
-        from ..modeling.build import build_model
+        from ..modeling.build import build_model, prepare_for_training
 
-        model, self.identity, self.lineage = build_model(self.recipe.model, self.recipe.train.seed)
-        model.loss_chunk = self.recipe.objective.loss_chunk
-        if self.recipe.train.gradient_checkpointing:
-            enable_gradient_checkpointing(model.model, model.switch)
+        r = self.recipe
+        model, self.identity, self.lineage = build_model(r.model, r.train.seed)
+        model.loss_chunk = r.objective.loss_chunk
+        self.effective = prepare_for_training(model, r.model, device, attention_dropout=0.0, row_seeded=False,
+                                              gradient_checkpointing=r.train.gradient_checkpointing)
         self.pad_id = model.pad_id
-        return model.to(device)
+        return model
 
     def build_data(self, world):
         r = self.recipe
-        dataset, _ = open_shards(r.data.path, "compression", self.identity, r.data.verify_shards)
+        dataset, self.manifest = open_shards(r.data.path, "compression", self.identity, r.data.verify_shards)
         return CompressionBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed,
                                   self.pad_id, r.data.group_by_length)
 
@@ -66,8 +66,12 @@ class PretrainTask:
         engine.backward(out.loss)
         engine.step()
 
+    def run_info(self) -> dict:
+        return {"stage": "pretrain", "objective": self.recipe.objective.kind, "effective": self.effective,
+                "data": data_summary(self.manifest)}
+
     def save_artifacts(self, engine, directory: str, world) -> None:
-        save_artifacts(engine.module, directory, world, self.recipe, self.identity, self.lineage)
+        save_artifacts(engine.module, directory, world, self.recipe, self.identity, self.lineage, self.run_info())
 
 def run(args) -> int:
     return run_stage(PretrainRecipe, PretrainTask, args)

@@ -1,0 +1,161 @@
+"""The settings a built model really has, read back from its modules, and the guard that stops a run whose
+modules disagree with its recipe.
+
+A recipe value that is accepted and then ignored (an attention-dropout rate written where no module reads
+it, a model left in eval mode by ``from_pretrained``) trains something other than the recipe says while
+logging a plausible loss. So after a model is built, every knob that lands on modules is read from the
+modules themselves, compared with what the recipe asked for, and the result is logged and written into
+the run directory (``effective_settings.json``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from data_prep.errors import UserError
+
+from .adapters import lora_layers
+from .dropout import attention_modules
+
+
+class SettingsMismatch(UserError):
+    pass
+
+
+@dataclass
+class Expected:
+    """What the recipe asks of the modules."""
+
+    attention: str  # the resolved implementation (``auto`` already decided for this model)
+    attention_dropout: float
+    row_seeded: bool  # contrastive stages: dropout drawn from row seeds
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: list[str]
+    memory_tokens: int
+
+
+def _dropout_rate(module: nn.Module) -> float:
+    return float(getattr(module, "p", 0.0)) if not isinstance(module, nn.Identity) else 0.0
+
+
+def _one(values) -> object:
+    values = sorted(set(values), key=repr)
+    return values[0] if len(values) == 1 else values
+
+
+def read_effective(compressor) -> dict:
+    """Every module-level knob, from the modules (not from the config that was meant to set them)."""
+    from .row_dropout import ATTENTION_NAME, RowDropout
+
+    model = compressor.model
+    attn = attention_modules(model)
+    layers = lora_layers(model)
+    drops = [d for layer in layers for d in layer.lora_dropout.values()]
+    names = {id(m): n for n, m in model.named_modules()}
+    implementations = [getattr(m, "config", compressor.config)._attn_implementation for m in attn]
+    trainable = [(n, p) for n, p in compressor.named_parameters() if p.requires_grad]
+    strays = [n for n, _ in trainable if "lora_" not in n and not n.startswith("memory.")]
+    return {
+        "model_type": compressor.config.model_type,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "attention_implementation": _one(implementations),
+        "attention_modules": len(attn),
+        "attention_dropout": _one(float(m.attention_dropout) for m in attn),
+        "attention_dropout_row_seeded": all(i.startswith(ATTENTION_NAME) for i in implementations),
+        "lora": {
+            "layers": len(layers),
+            "r": _one(int(layer.r["default"]) for layer in layers),
+            "alpha": _one(float(layer.lora_alpha["default"]) for layer in layers),
+            "dropout": _one(_dropout_rate(d) for d in drops),
+            "dropout_row_seeded": bool(drops) and all(isinstance(d, RowDropout) for d in drops),
+            "targets": sorted({names[id(layer)].rsplit(".", 1)[-1] for layer in layers}),
+        },
+        "memory_tokens": {"k": compressor.k, "trainable": bool(compressor.memory.weight.requires_grad)},
+        "trainable_parameters": sum(p.numel() for _, p in trainable),
+        "frozen_base": not strays,
+        "trainable_outside_lora_and_memory": strays[:3],
+        "training_mode": all(m.training for m in compressor.modules()),
+    }
+
+
+def mismatches(effective: dict, want: Expected) -> list[str]:
+    """One ``key: recipe X, modules Y`` entry per knob whose modules disagree with the recipe."""
+    lora = effective["lora"]
+    checks = [
+        ("attention implementation", want.attention, effective["attention_implementation"]),
+        ("attention dropout", want.attention_dropout, effective["attention_dropout"]),
+        ("row-seeded attention dropout", want.row_seeded and want.attention_dropout > 0,
+         effective["attention_dropout_row_seeded"]),
+        ("model.lora.r", want.lora_r, lora["r"]),
+        ("model.lora.alpha", float(want.lora_alpha), lora["alpha"]),
+        ("model.lora.dropout", float(want.lora_dropout), lora["dropout"]),
+        ("row-seeded LoRA dropout", want.row_seeded and want.lora_dropout > 0,
+         lora["dropout_row_seeded"] if want.lora_dropout > 0 else False),
+        ("model.lora.target_modules", sorted(want.lora_targets), lora["targets"]),
+        ("model.memory_tokens", want.memory_tokens, effective["memory_tokens"]["k"]),
+        ("memory tokens trainable", True, effective["memory_tokens"]["trainable"]),
+        ("frozen base (only LoRA and memory tokens train)", True, effective["frozen_base"]),
+        ("training mode (dropout active)", True, effective["training_mode"]),
+    ]
+    out = [f"{key}: recipe {a!r}, modules {b!r}" for key, a, b in checks if a != b]
+    if effective["attention_modules"] == 0:
+        out.append("no attention module found")
+    return out
+
+
+def verify(compressor, want: Expected, probe: Optional[dict] = None) -> dict:
+    """The effective settings, or one line naming every knob the modules do not carry as the recipe says."""
+    effective = read_effective(compressor)
+    bad = mismatches(effective, want)
+    if bad:
+        raise SettingsMismatch("the built model does not carry the recipe's settings: " + "; ".join(bad))
+    if probe is not None:
+        effective["bidirectionality_probe"] = probe
+    return effective
+
+
+def expected_for(settings, attention: str, attention_dropout: float, row_seeded: bool) -> Expected:
+    """``settings``: the recipe's ModelSettings; ``attention``: what the loader resolved it to."""
+    if row_seeded and attention_dropout > 0:
+        from .row_dropout import ATTENTION_NAME
+
+        attention = attention if attention.startswith(ATTENTION_NAME) else f"{ATTENTION_NAME}_{attention}"
+    lora = settings.lora
+    return Expected(attention, float(attention_dropout), row_seeded, lora.r, lora.alpha, lora.dropout,
+                    list(lora.target_modules), settings.memory_tokens)
+
+
+def write_effective(effective: dict, output_dir: str) -> str:
+    import json
+    import os
+
+    path = os.path.join(output_dir, "effective_settings.json")
+    os.makedirs(output_dir, exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(effective, fh, indent=2)
+    return path
+
+
+def summary(effective: dict) -> str:
+    """The effective settings on one log line."""
+    lora = effective["lora"]
+    probe = effective.get("bidirectionality_probe", {})
+    parts = [
+        f"{effective['model_type']} {effective['dtype']}",
+        f"attention {effective['attention_implementation']} (dropout {effective['attention_dropout']}"
+        f"{', row-seeded' if effective['attention_dropout_row_seeded'] else ''})",
+        f"LoRA r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} on {','.join(lora['targets'])}"
+        f" ({lora['layers']} layers)",
+        f"K={effective['memory_tokens']['k']} memory tokens",
+        f"{effective['trainable_parameters']:,} trainable parameters",
+    ]
+    if probe:
+        parts.append(f"bidirectional check passed (position 0 moved {probe['encoder_change']:.2g} encoder, "
+                     f"{probe['causal_change']:.2g} causal)")
+    return "effective settings: " + "; ".join(parts)
+
