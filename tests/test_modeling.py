@@ -155,6 +155,38 @@ def test_memory_states_padding_and_batch_invariance(family):
 
 
 @pytest.mark.parametrize("family", ALL)
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_text_pooling_is_batch_invariant_and_bidirectional(family, pooling):
+    """mean (LLM2Vec) / last (E5-Mistral style) pooling: no memory tokens; each equals its naive definition
+    on the text alone, whatever the batch, order and padding garbage."""
+    from trainer.modeling.adapters import LoraSettings
+    from trainer.modeling.compressor import build_compressor
+
+    comp = build_compressor(tiny_causal_lm(family), 3, [1], 0, LoraSettings(r=4, alpha=8, dropout=0.0), pooling=pooling)
+    assert comp.memory is None and comp.k == 0
+    texts = random_texts([5, 11, 2, 8, 1], seed=9)
+    lm = comp.model.get_base_model()
+    with torch.no_grad():
+        ref = []
+        for t in texts:
+            h = lm(input_ids=torch.cat([comp.prefix_ids, t])[None], is_causal=False, output_hidden_states=True)
+            h = h.hidden_states[-1][0, 1:]  # the text's states, without the prefix
+            ref.append(h.mean(0) if pooling == "mean" else h[-1])
+        ref = torch.stack(ref)
+        g = torch.Generator().manual_seed(10)
+        for trial in range(3):
+            order = torch.randperm(len(texts), generator=g) if trial else torch.arange(len(texts))
+            ids, lengths = padded([texts[i] for i in order], g, extra=trial * 4)
+            e = comp.embed_texts(ids, lengths)
+            assert torch.allclose(e, ref[order], atol=ATOL), (trial, changed(e, ref[order]))
+        # The text states come from the bidirectional E: the last token moves the first one's state.
+        a, b = texts[1].clone(), texts[1].clone()
+        b[-1] = (b[-1] + 1) % VOCAB
+        first = [comp.text_states(*alone(x))[0, 1] for x in (a, b)]
+        assert changed(*first) > 1e-4
+
+
+@pytest.mark.parametrize("family", ALL)
 def test_decoder_hidden_padding_and_batch_invariance(family):
     comp = tiny_compressor(family, k=2)
     targets = random_texts([4, 9, 1, 6], seed=8)

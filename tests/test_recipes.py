@@ -8,7 +8,7 @@ from trainer.config import load_config
 from trainer.engine.dist import world_from_env
 from trainer.stages.pretrain import PretrainRecipe
 
-PRETRAIN = sorted((ROOT / "launch" / "recipes").glob("*-pretrain.yaml"))
+PRETRAIN = sorted([*(ROOT / "launch" / "recipes").glob("*-pretrain.yaml"), *(ROOT / "launch" / "recipes").glob("*-mntp.yaml")])
 
 
 @pytest.mark.parametrize("path", PRETRAIN, ids=lambda p: p.name)
@@ -27,6 +27,32 @@ def test_paper_recipe_is_the_paper_setting():
     assert set(r.model.lora.target_modules) == {"q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert (r.optim.lr, r.optim.weight_decay, r.optim.grad_clip, r.optim.warmup_ratio) == (1e-4, 1e-5, 2.0, 0.1)
     assert r.train.precision == "bf16"
+
+
+@pytest.mark.parametrize("name", ["llama2-7b", "mistral-7b", "smollm2-135m"])
+def test_llm2vec_recipes_carry_its_published_settings(name):
+    """The LLM2Vec path beside LLM2Comp's: MNTP (20 %, 80/10/10, lr 5e-5, 1,000 steps), SimCSE (dropout 0.3,
+    lr 3e-5, batch 128), supervised (lr 2e-4, batch 512), all mean-pooled, no memory tokens."""
+    from trainer.stages.contrast import ContrastRecipe
+
+    recipes = ROOT / "launch" / "recipes"
+    m = load_config(PretrainRecipe, recipes / f"{name}-mntp.yaml")
+    assert (m.objective.kind, m.objective.mask_ratio, m.objective.mask_mode, m.model.pooling) == ("mntp", 0.2, "bert", "mean")
+    assert (m.optim.lr, m.train.max_steps) == (5e-5, 1000)
+    u = load_config(ContrastRecipe, recipes / f"{name}-mntp-ucl.yaml")
+    assert (u.contrast.attention_dropout, u.model.lora.dropout, u.optim.lr, u.model.pooling) == (0.3, 0.3, 3e-5, "mean")
+    assert u.train.micro_batch * 8 == 128
+    s = load_config(ContrastRecipe, recipes / f"{name}-mntp-scl.yaml")
+    assert (s.optim.lr, s.model.pooling, s.train.micro_batch * 8) == (2e-4, "mean", 512)
+
+
+def test_compression_objectives_need_memory_pooling():
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="objective kl compresses into memory tokens: it needs model.pooling=memory"):
+        load_config(PretrainRecipe, ROOT / "launch/recipes/tiny-cpu-pretrain.yaml", ["pooling=mean"])
+    assert load_config(PretrainRecipe, ROOT / "launch/recipes/tiny-cpu-pretrain.yaml",
+                       ["objective=mntp", "pooling=last"]).model.pooling == "last"
 
 
 @pytest.mark.parametrize(

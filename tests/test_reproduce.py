@@ -1,6 +1,7 @@
 """The reproduction's protocol: stage 3 is trained once per candidate learning rate, STS-B dev chooses, and
 STS-B test is scored for the chosen run only (test never informs a choice)."""
 import importlib.util
+import json
 import sys
 
 from conftest import ROOT
@@ -21,19 +22,19 @@ def test_stage3_chooses_on_dev_and_scores_test_once(monkeypatch):
 
     def score(run, model, paths, name, test, pooling=None):
         scored.append((name, test))
-        lr = name.split("-lr")[1]
+        lr = name.split("-lr")[1].split("-s")[0]
         return {"dev": dev_of[lr], "erank": 1.0, **({"test": 100 - dev_of[lr]} if test else {})}
 
     monkeypatch.setattr(repro, "train", train)
     monkeypatch.setattr(repro, "score", score)
     rows = repro.stage3(None, "kl", repro.PROFILES["cpu"], {}, "runs/kl-ucl", ("1e-3", "3e-4", "1e-4"), 7, "CPU")
 
-    assert [t[1] for t in trained] == ["kl-scl-lr1e-3", "kl-scl-lr3e-4", "kl-scl-lr1e-4"]
-    assert all(t[0] == "scl" and t[2] == (f"optim.lr={t[1].split('-lr')[1]}",) and t[3] == 7 and t[4] == "runs/kl-ucl"
-               for t in trained)
-    assert [s for s in scored if s[1]] == [("kl-scl-lr3e-4", True)]  # test: the dev winner, once
+    assert [t[1] for t in trained] == ["kl-scl-lr1e-3-s7", "kl-scl-lr3e-4-s7", "kl-scl-lr1e-4-s7"]
+    assert all(t[0] == "scl" and t[2] == (f"optim.lr={t[1].split('-lr')[1].split('-s')[0]}",) and t[3] == 7
+               and t[4] == "runs/kl-ucl" for t in trained)
+    assert [s for s in scored if s[1]] == [("kl-scl-lr3e-4-s7", True)]  # test: the dev winner, once
     chosen = [r for r in rows if r.get("selected")]
-    assert [r["name"] for r in chosen] == ["kl-scl-lr3e-4"] and chosen[0]["test"] == 29.0
+    assert [r["name"] for r in chosen] == ["kl-scl-lr3e-4-s7"] and chosen[0]["test"] == 29.0 and chosen[0]["lr"] == "3e-4"
     assert all("test" not in r for r in rows if not r.get("selected"))
 
 
@@ -50,3 +51,54 @@ def test_stage3_without_candidates_uses_the_recipe_lr(monkeypatch):
     rows = repro.stage3(None, "none", repro.PROFILES["full"], {}, None, (), 0, "GPU")
     assert trained == [("none-scl", ())]
     assert len(rows) == 1 and rows[0]["selected"] and rows[0]["stage"] == "3 (scl)" and rows[0]["test"] == 2.0
+
+
+def test_results_are_one_file_per_stage_and_later_seeds_use_seed0s_choice(tmp_path, monkeypatch):
+    """Each finished stage is one JSON file; a (variant, seed) whose files are all there is skipped; seeds
+    after 0 train stage 3 only at the learning rate seed 0's dev chose."""
+    results = repro.Results(str(tmp_path), "cpu")
+    trained = []
+
+    def train(run, stage, variant, prof, paths, init, name="", extra=(), seed=0):
+        trained.append(name)
+        return f"export/{name}", {"steps": 5, "samples": 40, "wall_s": 1.0, "run": f"runs/{name}"}
+
+    monkeypatch.setattr(repro, "train", train)
+    monkeypatch.setattr(repro, "score", lambda run, model, paths, name, test, pooling=None:
+                        {"dev": 50.0 + ("lr3e-4" in name), "erank": 1.0, **({"test": 40.0} if test else {})})
+    repro.chain(None, results, "kl", 0, repro.PROFILES["cpu"], {}, "CPU", True, ("1e-3", "3e-4"))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["kl-s0-stage1.json", "kl-s0-stage2.json", "kl-s0-stage3-lr1e-3.json", "kl-s0-stage3.json"]
+    stage2 = json.loads((tmp_path / "kl-s0-stage2.json").read_text())
+    assert stage2["test"] == 40.0 and stage2["seed"] == 0 and stage2["commit"]  # stage 2: scored on test once
+    assert "test" not in json.loads((tmp_path / "kl-s0-stage1.json").read_text()) or \
+        json.loads((tmp_path / "kl-s0-stage1.json").read_text())["test"] is None
+    assert json.loads((tmp_path / "kl-s0-stage3.json").read_text())["lr"] == "3e-4"
+    assert results.have("kl", 0, ("stage1", "stage2", "stage3")) and not results.have("kl", 1, ("stage1",))
+    assert repro.chosen_lr(results, "kl", ("1e-3", "3e-4")) == ("3e-4",)
+    trained.clear()
+    repro.chain(None, results, "kl", 1, repro.PROFILES["cpu"], {}, "CPU", True, repro.chosen_lr(results, "kl", ()))
+    assert trained == ["kl-pretrain-s1", "kl-ucl-s1", "kl-scl-lr3e-4-s1"]
+
+
+def test_tables_are_generated_from_the_result_files(tmp_path):
+    spec = importlib.util.spec_from_file_location("results_tables", ROOT / "launch" / "results_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    results = repro.Results(str(tmp_path / "r"), "cpu")
+    for variant, tests in {"kl": [60.0, 64.0, 62.0], "none": [50.0, 55.0, 60.0], "mntp": [58.0, 61.0, 58.0]}.items():
+        for seed, t in enumerate(tests):
+            results.write({"variant": variant, "seed": seed, "device": "CPU", "dev": t + 10, "test": t, "erank": 100.0,
+                           "steps": 60, "samples": 1920, "wall_s": 10.0}, "stage2")
+    results.write({"variant": "base-mean", "device": "CPU", "dev": 53.0, "test": 37.0, "erank": 250.0}, "baseline")
+    text = tables.render(tables.load(str(tmp_path / "r")))
+    assert "| kl (LLM2Comp) | 60.00 | 64.00 | 62.00 | **62.00 ± 2.00 (3 seeds)** |" in text
+    assert "- kl − none, STS-B test: seed 0: +10.00, seed 1: +9.00, seed 2: +2.00; mean +7.00; kl ahead on 3 of 3" in text
+    assert "| SmolLM2-135M, mean pooling | 53.00 | 37.00 | 250.0 |" in text
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("before\n<!-- results:cpu:begin -->\nold\n<!-- results:cpu:end -->\nafter\n")
+    sys.argv = ["results_tables", "--results", str(tmp_path / "r"), "--write", str(doc), "--plot", str(tmp_path / "p.png")]
+    assert tables.main() == 0
+    written = doc.read_text()
+    assert written.startswith("before\n<!-- results:cpu:begin -->\nGenerated by") and written.endswith("<!-- results:cpu:end -->\nafter\n")
+    assert "old" not in written and (tmp_path / "p.png").stat().st_size > 1000

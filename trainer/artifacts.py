@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from typing import Optional
 
 import torch
 
@@ -48,8 +49,9 @@ def save_artifacts(model, directory: str, world, recipe, identity: dict, lineage
         if world.main:
             os.makedirs(directory, exist_ok=True)
             model.model.save_pretrained(os.path.join(directory, "adapter"))
-            save_file({"memory": model.memory.weight.detach().float().cpu().contiguous()},
-                      os.path.join(directory, "memory.safetensors"))
+            if model.memory is not None:  # mean / last pooling: no memory tokens
+                save_file({"memory": model.memory.weight.detach().float().cpu().contiguous()},
+                          os.path.join(directory, "memory.safetensors"))
             save_config(recipe, os.path.join(directory, "recipe.yaml"))
             with open(os.path.join(directory, "tokenizer_identity.json"), "w") as fh:
                 json.dump(identity, fh, indent=2)
@@ -60,8 +62,9 @@ def save_artifacts(model, directory: str, world, recipe, identity: dict, lineage
                 json.dump(mine, fh, indent=2)
 
 
-def read_run(run_dir: str) -> tuple[dict, torch.Tensor]:
-    """The lineage and memory embeddings of a finished run (a run directory or its ``final/``)."""
+def read_run(run_dir: str) -> tuple[dict, Optional[torch.Tensor]]:
+    """The lineage and memory embeddings (None: the run pooled without them) of a finished run (a run
+    directory or its ``final/``)."""
     from safetensors.torch import load_file
 
     final = run_dir if os.path.exists(os.path.join(run_dir, "lineage.json")) else os.path.join(run_dir, FINAL)
@@ -73,7 +76,8 @@ def read_run(run_dir: str) -> tuple[dict, torch.Tensor]:
     missing = [a for a in lineage["adapters"] if not os.path.isdir(a)]
     if missing:
         raise UserError(f"init.init_from {run_dir}: adapter {missing[0]} named in lineage.json is missing")
-    return lineage, load_file(os.path.join(final, "memory.safetensors"))["memory"]
+    memory = os.path.join(final, "memory.safetensors")
+    return lineage, load_file(memory)["memory"] if os.path.exists(memory) else None
 
 
 def read_run_info(final: str) -> dict:

@@ -2,7 +2,8 @@
 
 DIR (written by ``llm2comp export``) holds the causal LM with every stage's adapter merged, the memory
 embeddings, the tokenizer and ``llm2comp_config.json``. Encoding is the training-time E: bidirectional
-attention on [prefix, text, m_1..m_K], mean of the final hidden states at the memory positions.
+attention on [prefix, text, m_1..m_K], mean of the final hidden states at the memory positions (or, for
+an export trained with mean / last pooling, those of the text tokens: ``trainer/modeling/pooling.py``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ from data_prep.errors import UserError
 
 CONFIG = "llm2comp_config.json"
 FORMAT_VERSION = 1
+
+
+def pooling_of(config: dict) -> str:
+    """The export's pooling (exports before pooling was a setting describe memory pooling in words)."""
+    from .modeling.pooling import POOLINGS
+
+    pooling = config.get("pooling", "memory")
+    return pooling if pooling in POOLINGS else "memory"
 
 
 def load_attention(path: str, trained: Optional[str], device: str) -> str:
@@ -37,10 +46,11 @@ def load_attention(path: str, trained: Optional[str], device: str) -> str:
 
 
 class Encoder:
-    def __init__(self, model, tokenizer, memory: torch.Tensor, config: dict):
+    def __init__(self, model, tokenizer, memory: Optional[torch.Tensor], config: dict):
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
         self.device = next(model.parameters()).device
-        self.memory = memory.to(self.device, next(model.parameters()).dtype)
+        self.pooling = pooling_of(config)
+        self.memory = memory.to(self.device, next(model.parameters()).dtype) if memory is not None else None
         self.prefix_ids = torch.tensor(config["prefix_ids"], dtype=torch.long)
         self.pad_id = int(config["pad_id"])
 
@@ -61,7 +71,8 @@ class Encoder:
         attention = load_attention(path, config.get("trained_attention"), device)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attention).to(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        memory = load_file(os.path.join(path, "memory.safetensors"))["memory"]
+        memory_file = os.path.join(path, "memory.safetensors")
+        memory = load_file(memory_file)["memory"] if pooling_of(config) == "memory" else None
         encoder = cls(model, tokenizer, memory, config)
         from .modeling.probe import check_bidirectional
 
@@ -70,7 +81,7 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
-        return self.memory.shape[1]
+        return int(self.model.config.get_text_config().hidden_size)
 
     def format(self, text: str, instruction: Optional[str]) -> str:
         if not instruction:
@@ -84,7 +95,7 @@ class Encoder:
         from tqdm import tqdm
 
         from .data.compression import pad_right
-        from .modeling.memory import encode_memory
+        from .modeling.pooling import encode
 
         texts = [self.format(t, instruction) for t in texts]
         max_len = int(self.config.get("max_length", 512))
@@ -96,7 +107,7 @@ class Encoder:
         for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, unit="batch"):
             rows = order[start : start + batch_size]
             batch, lengths = pad_right([ids[i] or [self.pad_id] for i in rows], self.pad_id)
-            states = encode_memory(decoder, embed, self.memory, self.prefix_ids, self.pad_id,
-                                   batch.to(self.device), lengths.to(self.device))
-            out[rows] = states.mean(1).float().cpu().numpy()
+            emb = encode(decoder, embed, self.memory, self.prefix_ids, self.pad_id, batch.to(self.device),
+                         lengths.to(self.device), self.pooling)
+            out[rows] = emb.float().cpu().numpy()
         return out

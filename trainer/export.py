@@ -79,15 +79,17 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
     model.save_pretrained(output, safe_serialization=True)
     tok.name_or_path = _base_name(base)
     tok.save_pretrained(output)
-    save_file({"memory": memory.to(model.dtype).contiguous()}, os.path.join(output, "memory.safetensors"))
+    pooling = recipe["model"].get("pooling", "memory")
+    if pooling == "memory":
+        save_file({"memory": memory.to(model.dtype).contiguous()}, os.path.join(output, "memory.safetensors"))
     trained_attention = (infos[-1].get("effective") or {}).get("attention_implementation") if infos else None
     if isinstance(trained_attention, str) and trained_attention.startswith(ROW_DROPOUT):
         trained_attention = trained_attention[len(ROW_DROPOUT) + 1:]  # the wrapped implementation
     with open(os.path.join(output, CONFIG), "w") as fh:
         json.dump({
             "format_version": FORMAT_VERSION,
-            "memory_tokens": int(memory.shape[0]),
-            "pooling": "mean of the memory-token states",
+            "memory_tokens": int(memory.shape[0]) if pooling == "memory" else 0,
+            "pooling": pooling,
             "prefix_ids": identity["prefix_ids"],
             "pad_id": tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0),
             **text_settings(infos, max_length),

@@ -14,9 +14,9 @@ class LLM2CompModule(nn.Module):
         enc = Encoder.from_pretrained(path, device="cpu", dtype="float32")
         self.path, self.config = path, enc.config
         self.model, self.tokenizer = enc.model, enc.tokenizer
-        self.register_buffer("memory", enc.memory.clone())
+        self.register_buffer("memory", enc.memory.clone() if enc.memory is not None else None)
         self.register_buffer("prefix_ids", enc.prefix_ids.clone(), persistent=False)
-        self.pad_id = enc.pad_id
+        self.pad_id, self.pooling, self.dimension = enc.pad_id, enc.pooling, enc.dimension
 
     @staticmethod
     def load(path: str) -> "LLM2CompModule":
@@ -26,7 +26,7 @@ class LLM2CompModule(nn.Module):
         pass
 
     def get_sentence_embedding_dimension(self) -> int:
-        return self.memory.shape[1]
+        return self.dimension
 
     def tokenize(self, texts, **_) -> dict:
         from .data.compression import pad_right
@@ -37,9 +37,9 @@ class LLM2CompModule(nn.Module):
         return {"input_ids": input_ids, "lengths": lengths}
 
     def forward(self, features: dict, **_) -> dict:
-        from .modeling.memory import encode_memory
+        from .modeling.pooling import encode
 
-        states = encode_memory(self.model.get_decoder(), self.model.get_input_embeddings(), self.memory,
-                               self.prefix_ids, self.pad_id, features["input_ids"], features["lengths"])
-        features["sentence_embedding"] = states.mean(1).float()
+        features["sentence_embedding"] = encode(self.model.get_decoder(), self.model.get_input_embeddings(),
+                                                self.memory, self.prefix_ids, self.pad_id, features["input_ids"],
+                                                features["lengths"], self.pooling).float()
         return features

@@ -17,8 +17,12 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 class CompressionBatches:
+    """``joined``: each row's context and continuation as one text (``ids``/``lengths``), for objectives
+    that read whole texts (mntp)."""
+
     def __init__(self, dataset, micro_batch: int, world_size: int, rank: int, seed: int, pad_id: int,
-                 group_by_length: bool = True):
+                 group_by_length: bool = True, joined: bool = False):
+        self.joined = joined
         table = dataset.data.table
         lengths = (pc.list_value_length(table["context_ids"]).to_numpy(zero_copy_only=False)
                    + pc.list_value_length(table["continuation_ids"]).to_numpy(zero_copy_only=False))
@@ -30,6 +34,11 @@ class CompressionBatches:
     def __iter__(self):
         for indices in self.sampler:
             rows = self.dataset[list(map(int, indices))]
+            if self.joined:
+                ids, lengths = pad_right([c + y for c, y in zip(rows["context_ids"], rows["continuation_ids"])],
+                                         self.pad_id)
+                yield {"ids": ids, "lengths": lengths}
+                continue
             context, context_len = pad_right(rows["context_ids"], self.pad_id)
             continuation, continuation_len = pad_right(rows["continuation_ids"], self.pad_id)
             yield {"context": context, "context_len": context_len,

@@ -7,10 +7,17 @@ from data_prep.errors import UserError
 from data_prep.manifest import check_tokenizer, read_manifest, verify_shards
 
 
-def open_shards(path: str, kind: str, tokenizer_identity: dict, verify: bool = True):
+def open_shards(path: str, kind: str | tuple[str, ...], tokenizer_identity: dict, verify: bool = True):
+    """``kind``: the shard kind the stage reads, or a tuple of kinds it can read."""
     if not path:
         raise UserError("data.path is empty: give the output directory of `llm2comp prep` (override data=DIR)")
-    manifest = read_manifest(path, kind)
+    if isinstance(kind, tuple):
+        manifest = read_manifest(path)
+        if manifest.get("kind") not in kind:
+            raise UserError(f"{path}: holds {manifest.get('kind')!r} shards, expected one of "
+                            f"{', '.join(map(repr, kind))} (made by `llm2comp prep {kind[0]}`)")
+    else:
+        manifest = read_manifest(path, kind)
     check_tokenizer(manifest, tokenizer_identity, path)
     if verify:
         verify_shards(path, manifest)

@@ -62,23 +62,11 @@ class PooledLM:
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        from ..modeling.attention import run_decoder
-        from ..modeling.memory import encode_memory
+        from ..modeling.pooling import encode
 
-        decoder = self.model.get_decoder()
-        if self.pooling == "memory":
-            return encode_memory(decoder, self.model.get_input_embeddings(), self.memory, self.prefix, self.pad,
-                                 ids, lengths).mean(1)
-        p = self.prefix.numel()
-        if p:
-            ids = torch.cat([self.prefix.to(ids.device).expand(ids.shape[0], -1), ids], 1)
-        mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < (lengths + p)[:, None]).long()
-        hidden = run_decoder(decoder, bidirectional=False, input_ids=ids, attention_mask=mask)
-        if self.pooling == "last":
-            return hidden[torch.arange(ids.shape[0]), lengths + p - 1]
-        text = mask.clone()
-        text[:, :p] = 0  # the prefix (BOS) is not part of the text
-        return (hidden * text[..., None]).sum(1) / text.sum(1, keepdim=True)
+        # mean / last: causal, as the LM was trained; memory: the LLM2Comp encoding (bidirectional).
+        return encode(self.model.get_decoder(), self.model.get_input_embeddings(), self.memory, self.prefix, self.pad,
+                      ids, lengths, self.pooling, bidirectional=self.pooling == "memory")
 
     def encoder(self, batch_size: int):
         from ..data.compression import pad_right

@@ -39,21 +39,23 @@ def build_model(settings: ModelSettings, seed: int = 0, lineage: Optional[dict] 
         base = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     k = memory.shape[0] if memory is not None else settings.memory_tokens
-    model = build_compressor(base, k, identity["prefix_ids"], pad, settings.lora, seed, memory_init=memory)
+    model = build_compressor(base, k, identity["prefix_ids"], pad, settings.lora, seed, memory_init=memory,
+                             pooling=settings.pooling)
     model.train()  # from_pretrained returns eval mode, which would silently switch every dropout off
     base_spec = {**base_spec, "path": path}
     return model, identity, {"base": base_spec, "adapters": list((lineage or {}).get("adapters", []))}
 
 
 def prepare_for_training(model: Compressor, settings: ModelSettings, device, *, attention_dropout: float,
-                         row_seeded: bool, gradient_checkpointing: bool) -> dict:
+                         row_seeded: bool, gradient_checkpointing: bool, train_memory: bool = True) -> dict:
     """Put the recipe's module-level settings where the modules read them, move the model to ``device``,
     check it is bidirectional where it must be, and read every setting back (``trainer/modeling/effective.py``).
     Returns the effective settings; any disagreement with the recipe stops here, in one line.
 
     ``row_seeded``: the contrastive stages, whose dropout (LoRA's and ``attention_dropout``) is drawn from
     row seeds so gradient caching stays exact. Stage 1 runs without attention dropout: its frozen teacher
-    must give the same distribution the student is scored against."""
+    must give the same distribution the student is scored against. ``train_memory=False``: the stage's
+    loss does not reach the memory tokens (mntp), which stay frozen."""
     from .adapters import enable_gradient_checkpointing
     from .attention import resolve_attention
     from .dropout import enable_row_seeded_dropout, set_attention_dropout
@@ -66,6 +68,8 @@ def prepare_for_training(model: Compressor, settings: ModelSettings, device, *, 
         set_attention_dropout(model.model, attention_dropout)
     if gradient_checkpointing:
         enable_gradient_checkpointing(model.model, model.switch)
+    if model.memory is not None and not train_memory:
+        model.memory.weight.requires_grad_(False)
     model = model.to(device).train()
     probe = model.check_bidirectional()
-    return verify(model, expected_for(settings, resolved, attention_dropout, row_seeded), probe)
+    return verify(model, expected_for(settings, resolved, attention_dropout, row_seeded, train_memory), probe)

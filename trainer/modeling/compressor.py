@@ -14,6 +14,7 @@ from torch import nn
 from .adapters import AdapterSwitch
 from .attention import run_decoder
 from .memory import MemoryTokens, encode_memory
+from .pooling import encode, text_states, with_prefix
 
 
 def _positions(n: int, device) -> torch.Tensor:
@@ -21,10 +22,13 @@ def _positions(n: int, device) -> torch.Tensor:
 
 
 class Compressor(nn.Module):
-    def __init__(self, peft_model: nn.Module, memory_init: torch.Tensor, prefix_ids: list[int], pad_id: int):
+    def __init__(self, peft_model: nn.Module, memory_init: Optional[torch.Tensor], prefix_ids: list[int], pad_id: int,
+                 pooling: str = "memory"):
         super().__init__()
         self.model = peft_model
-        self.memory = MemoryTokens(memory_init)
+        # No memory tokens when the embedding does not use them (mean / last pooling).
+        self.memory = MemoryTokens(memory_init) if memory_init is not None else None
+        self.pooling = pooling
         self.register_buffer("prefix_ids", torch.tensor(prefix_ids, dtype=torch.long), persistent=False)
         self.pad_id = pad_id
         self.loss_chunk = 1024  # tokens per LM-head chunk in the vocabulary losses
@@ -43,7 +47,7 @@ class Compressor(nn.Module):
 
     @property
     def k(self) -> int:
-        return self.memory.k
+        return self.memory.k if self.memory is not None else 0
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_base_model().get_input_embeddings()(ids)
@@ -55,22 +59,22 @@ class Compressor(nn.Module):
             z = torch.tanh(z / self.softcap) * self.softcap
         return z
 
-    def _with_prefix(self, ids: torch.Tensor, lengths: torch.Tensor):
-        p = self.prefix_ids.numel()
-        if p == 0:
-            return ids, lengths
-        prefix = self.prefix_ids.to(ids.device).expand(ids.shape[0], p)
-        return torch.cat([prefix, ids], 1), lengths + p
-
-    # -- E: text -> memory states ------------------------------------------------------------------
+    # -- E: text -> memory states, text states, embeddings -----------------------------------------
     def memory_states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Final hidden states at the K memory positions of E on [prefix, text, m_1..m_K]: [B, K, H]."""
         with self.switch(True):
             return encode_memory(self.decoder, self.embed, self.memory.weight, self.prefix_ids, self.pad_id, ids, lengths)
 
+    def text_states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Final hidden states of E on [prefix, text] (no memory tokens): [B, P + T, H]."""
+        with self.switch(True):
+            return text_states(self.decoder, self.embed, self.prefix_ids, ids, lengths)
+
     def embed_texts(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The text embedding: mean of the memory states, [B, H]."""
-        return self.memory_states(ids, lengths).mean(1)
+        """The text embedding under the model's pooling, [B, H]."""
+        with self.switch(True):
+            memory = self.memory.weight if self.memory is not None else None
+            return encode(self.decoder, self.embed, memory, self.prefix_ids, self.pad_id, ids, lengths, self.pooling)
 
     # -- D: memory states -> predictions of targets ------------------------------------------------
     def decoder_hidden(self, memory: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
@@ -100,7 +104,7 @@ class Compressor(nn.Module):
         src = torch.where(from_ctx, idx, idx - context_lengths[:, None] + context.shape[1])
         src = src.clamp(max=full.shape[1] - 1)
         joined = torch.gather(full, 1, src)
-        ids, lengths = self._with_prefix(joined, context_lengths + target_lengths)
+        ids, lengths = with_prefix(joined, context_lengths + target_lengths, self.prefix_ids)
         pos = _positions(ids.shape[1], ids.device)
         with self.switch(False):
             hidden = run_decoder(self.decoder, bidirectional=False, input_ids=ids, attention_mask=(pos < lengths[:, None]).long())
@@ -118,24 +122,32 @@ class Compressor(nn.Module):
         """The entry DeepSpeed calls (so ZeRO-3 gathers parameters); ``task`` picks the computation."""
         if task == "embed":
             return self.embed_texts(batch["ids"], batch["lengths"])
+        if task == "mntp":
+            from ..objectives.mntp import mntp_loss
+
+            return mntp_loss(self, **batch)
         from ..objectives.compression import compression_loss
 
         return compression_loss(self, task, batch)
 
 
 def build_compressor(base: nn.Module, k: int, prefix_ids: list[int], pad_id: Optional[int], lora, seed: int = 0,
-                     memory_init: Optional[torch.Tensor] = None) -> Compressor:
+                     memory_init: Optional[torch.Tensor] = None, pooling: str = "memory") -> Compressor:
+    """``k`` memory tokens for ``memory`` pooling (from ``memory_init`` when given); none otherwise."""
     from .adapters import attach_lora
     from .memory import initial_memory
 
-    if k <= 0:
-        from data_prep.errors import UserError
+    if pooling == "memory":
+        if k <= 0:
+            from data_prep.errors import UserError
 
-        raise UserError(f"model.memory_tokens must be positive, got {k}")
-    if memory_init is None:
-        memory_init = initial_memory(base.get_input_embeddings(), base.config.get_text_config().vocab_size, k, seed)
-    memory_init = memory_init.to(base.get_input_embeddings().weight.dtype)
+            raise UserError(f"model.memory_tokens must be positive, got {k}")
+        if memory_init is None:
+            memory_init = initial_memory(base.get_input_embeddings(), base.config.get_text_config().vocab_size, k, seed)
+        memory_init = memory_init.to(base.get_input_embeddings().weight.dtype)
+    else:
+        memory_init = None
     for p in base.parameters():
         p.requires_grad_(False)
     peft_model = attach_lora(base, lora)
-    return Compressor(peft_model, memory_init, prefix_ids, pad_id if pad_id is not None else 0)
+    return Compressor(peft_model, memory_init, prefix_ids, pad_id if pad_id is not None else 0, pooling)

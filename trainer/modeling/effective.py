@@ -36,7 +36,9 @@ class Expected:
     lora_alpha: int
     lora_dropout: float
     lora_targets: list[str]
-    memory_tokens: int
+    pooling: str
+    memory_tokens: int  # 0 for mean / last pooling
+    memory_trainable: bool
 
 
 def _dropout_rate(module: nn.Module) -> float:
@@ -75,7 +77,9 @@ def read_effective(compressor) -> dict:
             "dropout_row_seeded": bool(drops) and all(isinstance(d, RowDropout) for d in drops),
             "targets": sorted({names[id(layer)].rsplit(".", 1)[-1] for layer in layers}),
         },
-        "memory_tokens": {"k": compressor.k, "trainable": bool(compressor.memory.weight.requires_grad)},
+        "pooling": compressor.pooling,
+        "memory_tokens": {"k": compressor.k,
+                          "trainable": compressor.memory is not None and bool(compressor.memory.weight.requires_grad)},
         "trainable_parameters": sum(p.numel() for _, p in trainable),
         "frozen_base": not strays,
         "trainable_outside_lora_and_memory": strays[:3],
@@ -97,8 +101,9 @@ def mismatches(effective: dict, want: Expected) -> list[str]:
         ("row-seeded LoRA dropout", want.row_seeded and want.lora_dropout > 0,
          lora["dropout_row_seeded"] if want.lora_dropout > 0 else False),
         ("model.lora.target_modules", sorted(want.lora_targets), lora["targets"]),
+        ("model.pooling", want.pooling, effective["pooling"]),
         ("model.memory_tokens", want.memory_tokens, effective["memory_tokens"]["k"]),
-        ("memory tokens trainable", True, effective["memory_tokens"]["trainable"]),
+        ("memory tokens trainable", want.memory_trainable, effective["memory_tokens"]["trainable"]),
         ("frozen base (only LoRA and memory tokens train)", True, effective["frozen_base"]),
         ("training mode (dropout active)", True, effective["training_mode"]),
     ]
@@ -119,15 +124,19 @@ def verify(compressor, want: Expected, probe: Optional[dict] = None) -> dict:
     return effective
 
 
-def expected_for(settings, attention: str, attention_dropout: float, row_seeded: bool) -> Expected:
-    """``settings``: the recipe's ModelSettings; ``attention``: what the loader resolved it to."""
+def expected_for(settings, attention: str, attention_dropout: float, row_seeded: bool,
+                 memory_trainable: bool = True) -> Expected:
+    """``settings``: the recipe's ModelSettings; ``attention``: what the loader resolved it to;
+    ``memory_trainable``: whether the stage trains the memory tokens (when the pooling has them)."""
     if row_seeded and attention_dropout > 0:
         from .row_dropout import ATTENTION_NAME
 
         attention = attention if attention.startswith(ATTENTION_NAME) else f"{ATTENTION_NAME}_{attention}"
     lora = settings.lora
+    memory = settings.pooling == "memory"
     return Expected(attention, float(attention_dropout), row_seeded, lora.r, lora.alpha, lora.dropout,
-                    list(lora.target_modules), settings.memory_tokens)
+                    list(lora.target_modules), settings.pooling, settings.memory_tokens if memory else 0,
+                    memory and memory_trainable)
 
 
 def write_effective(effective: dict, output_dir: str) -> str:
@@ -151,7 +160,9 @@ def summary(effective: dict) -> str:
         f"{', row-seeded' if effective['attention_dropout_row_seeded'] else ''})",
         f"LoRA r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} on {','.join(lora['targets'])}"
         f" ({lora['layers']} layers)",
-        f"K={effective['memory_tokens']['k']} memory tokens",
+        f"pooling {effective['pooling']}" + (f" of K={effective['memory_tokens']['k']} memory tokens"
+                                              f"{'' if effective['memory_tokens']['trainable'] else ' (frozen)'}"
+                                              if effective["memory_tokens"]["k"] else ""),
         f"{effective['trainable_parameters']:,} trainable parameters",
     ]
     if probe:

@@ -46,11 +46,10 @@ def encode_memory(decoder: nn.Module, embed, memory: torch.Tensor, prefix_ids: t
 
     Shared by training (adapter on) and the exported encoder (adapter merged)."""
     from .attention import run_decoder
+    from .pooling import with_prefix
 
     k = memory.shape[0]
-    if prefix_ids.numel():
-        ids = torch.cat([prefix_ids.to(ids.device).expand(ids.shape[0], -1), ids], 1)
-        lengths = lengths + prefix_ids.numel()
+    ids, lengths = with_prefix(ids, lengths, prefix_ids)
     ids = nn.functional.pad(ids, (0, k), value=pad_id)
     embeds, is_memory, mask = splice_after_text(embed(ids), lengths, memory)
     hidden = run_decoder(decoder, bidirectional=True, inputs_embeds=embeds, attention_mask=mask)

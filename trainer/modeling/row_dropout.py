@@ -46,6 +46,13 @@ def row_keep(seeds: torch.Tensor, salt: int, shape: tuple[int, ...], p: float, d
     return v >= int(p * 4294967296.0)
 
 
+def sample_seeds(run_seed: int, step: int, micro: int, sample: torch.Tensor, role: torch.Tensor) -> torch.Tensor:
+    """One seed per (step, batch in the step, global sample index, role): the same row gets the same
+    masks whichever rank, chunk or padding it is encoded in."""
+    base = ((run_seed * 1_000_003 + step) * 1009 + micro) % (1 << 40)
+    return (base * 1_000_033 + sample) * 67 + role
+
+
 def current_seeds() -> Optional[torch.Tensor]:
     return getattr(_state, "seeds", None)
 

@@ -16,7 +16,8 @@ class ModelSettings:
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     random_init: bool = False  # same architecture, random weights (tests, throughput benchmarks)
     config_overrides: dict[str, Any] = field(default_factory=dict)
-    memory_tokens: int = 8
+    pooling: Literal["memory", "mean", "last"] = "memory"  # memory: LLM2Comp; mean: LLM2Vec; last: E5-Mistral style
+    memory_tokens: int = 8  # K, for memory pooling
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def validate(self) -> None:

@@ -19,6 +19,7 @@ from ..engine import gradcache
 from ..engine.loop import COMMON_ALIASES, LossOutput, run_stage
 from ..engine.settings import OptimSettings, TrainSettings
 from ..modeling.settings import ModelSettings
+from ..modeling.row_dropout import sample_seeds as row_seeds
 from ..objectives.contrastive import gather_groups, supervised_loss, unsupervised_loss
 
 
@@ -58,14 +59,8 @@ class ContrastRecipe:
     optim: OptimSettings = field(default_factory=OptimSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
-    ALIASES: ClassVar[dict[str, str]] = {**COMMON_ALIASES, "init_from": "init.init_from", "chunk": "contrast.chunk"}
-
-
-def row_seeds(run_seed: int, step: int, micro: int, sample: torch.Tensor, role: torch.Tensor) -> torch.Tensor:
-    """One dropout seed per (step, batch in the step, global sample index, role): the same row gets the
-    same masks whichever rank, chunk or padding it is encoded in."""
-    base = ((run_seed * 1_000_003 + step) * 1009 + micro) % (1 << 40)
-    return (base * 1_000_033 + sample) * 67 + role
+    ALIASES: ClassVar[dict[str, str]] = {**COMMON_ALIASES, "init_from": "init.init_from", "chunk": "contrast.chunk",
+                                         "pooling": "model.pooling"}
 
 
 class ContrastTask:

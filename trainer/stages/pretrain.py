@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
+
+import torch
 
 from ..artifacts import data_summary, save_artifacts
 
 from ..data.compression import CompressionBatches
+from ..config import ConfigError
 from ..data.shards import open_shards
 from ..engine.loop import COMMON_ALIASES, LossOutput, run_stage
 from ..engine.settings import OptimSettings, TrainSettings
+from ..modeling.row_dropout import sample_seeds
 from ..modeling.settings import ModelSettings
 
 @dataclass
@@ -20,8 +24,17 @@ class DataSettings:
 
 @dataclass
 class ObjectiveSettings:
-    kind: Literal["kl", "nll", "rc"] = "kl"
+    kind: Literal["kl", "nll", "rc", "mntp"] = "kl"  # mntp: LLM2Vec's masked next-token prediction
     loss_chunk: int = 1024  # tokens per LM-head chunk
+    mask_ratio: float = 0.2  # mntp: fraction of text tokens selected and corrupted
+    mask_mode: Literal["bert", "all"] = "bert"  # mntp: 80/10/10 mask/random/keep (LLM2Vec's), or all masked
+    mask_token: Optional[str] = None  # mntp: a vocabulary entry; default the tokenizer's, else "_" (LLM2Vec)
+
+    def validate(self) -> None:
+        if not 0 < self.mask_ratio < 1:
+            raise ConfigError(f"objective.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.loss_chunk < 1:
+            raise ConfigError(f"objective.loss_chunk must be at least 1, got {self.loss_chunk}")
 
 @dataclass
 class PretrainRecipe:
@@ -31,7 +44,12 @@ class PretrainRecipe:
     optim: OptimSettings = field(default_factory=OptimSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
-    ALIASES: ClassVar[dict[str, str]] = {**COMMON_ALIASES, "objective": "objective.kind"}
+    ALIASES: ClassVar[dict[str, str]] = {**COMMON_ALIASES, "objective": "objective.kind", "pooling": "model.pooling"}
+
+    def validate(self) -> None:
+        if self.objective.kind != "mntp" and self.model.pooling != "memory":
+            raise ConfigError(f"objective {self.objective.kind} compresses into memory tokens: it needs "
+                              f"model.pooling=memory, got {self.model.pooling} (mntp trains any pooling)")
 
 class PretrainTask:
     def __init__(self, recipe: PretrainRecipe):
@@ -39,24 +57,47 @@ class PretrainTask:
         self.identity = None
 
     def build_model(self, world, device):
-        from ..modeling.build import build_model, prepare_for_training
+        from ..modeling.build import build_model, model_tokenizer, prepare_for_training
+        from ..objectives.mntp import mask_token_id
 
         r = self.recipe
+        mntp = r.objective.kind == "mntp"
         model, self.identity, self.lineage = build_model(r.model, r.train.seed)
         model.loss_chunk = r.objective.loss_chunk
+        if mntp:
+            self.mask_id = mask_token_id(model_tokenizer(r.model)[0], r.objective.mask_token)
+        # mntp never reaches the memory tokens (memory pooling after an mntp stage 1 starts from fresh ones).
         self.effective = prepare_for_training(model, r.model, device, attention_dropout=0.0, row_seeded=False,
-                                              gradient_checkpointing=r.train.gradient_checkpointing)
+                                              gradient_checkpointing=r.train.gradient_checkpointing,
+                                              train_memory=not mntp)
         self.pad_id = model.pad_id
         return model
 
     def build_data(self, world):
+        from ..data.contrast import SentenceBatches
+
         r = self.recipe
-        dataset, self.manifest = open_shards(r.data.path, "compression", self.identity, r.data.verify_shards)
+        mntp = r.objective.kind == "mntp"
+        kinds = ("compression", "sentences") if mntp else "compression"
+        dataset, self.manifest = open_shards(r.data.path, kinds, self.identity, r.data.verify_shards)
+        self.world = world
+        if self.manifest["kind"] == "sentences":
+            return SentenceBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed, self.pad_id,
+                                   r.data.group_by_length)
         return CompressionBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed,
-                                  self.pad_id, r.data.group_by_length)
+                                  self.pad_id, r.data.group_by_length, joined=mntp)
 
     def loss(self, engine, batch) -> LossOutput:
-        loss = engine(self.recipe.objective.kind, **batch)
+        o = self.recipe.objective
+        if o.kind == "mntp":
+            b = batch["ids"].shape[0]
+            sample = torch.arange(self.world.rank * b, (self.world.rank + 1) * b, device=batch["ids"].device)
+            micro = engine.micro_steps % self.recipe.train.grad_accum
+            seeds = sample_seeds(self.recipe.train.seed, engine.global_steps, micro, sample, torch.zeros_like(sample))
+            loss = engine("mntp", ids=batch["ids"], lengths=batch["lengths"], seeds=seeds, ratio=o.mask_ratio,
+                          mask_id=self.mask_id, mode=o.mask_mode)
+            return LossOutput(loss, int(batch["lengths"].sum()))
+        loss = engine(o.kind, **batch)
         tokens = int(batch["context_len"].sum() + batch["continuation_len"].sum())
         return LossOutput(loss, tokens)
 
