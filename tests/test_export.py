@@ -40,7 +40,7 @@ def training_time_encoder(run):
 
 def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm2_tokenizer):
     from trainer.cli import main
-    from trainer.data.compression import pad_right
+    from trainer.data.padding import pad_right
     from trainer.encoder import Encoder
 
     assert main(["export", "--run", str(ucl_run), "--output", str(tmp_path / "exp")]) == 0

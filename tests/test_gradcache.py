@@ -102,3 +102,18 @@ def test_row_keep_masks_are_bernoulli_independent_and_shape_independent(p):
     assert torch.equal(wider[:, :24, :96], keep)  # a row's mask does not depend on the padding width
     other = row_dropout.row_keep(torch.arange(256) * 7919 + 11, 4, (24, 96), p, "cpu")
     assert abs((other & keep).float().mean().item() - q * q) < 0.01  # another module, another mask
+
+
+def test_compiled_mask_is_bit_identical_to_the_reference():
+    """On a GPU the mask is one compiled kernel (trainer/modeling/row_dropout.py: keep_mask); the compiled
+    function must draw exactly the eager masks. Compiled here for the CPU, at a padded and a packed shape."""
+    seeds = torch.arange(8, dtype=torch.int64) * 7919 + 11
+    compiled = torch.compile(row_dropout.keep_from, dynamic=False)
+    nd = 3
+    coords = [row_dropout._arange(19, 1, nd, "cpu"), row_dropout._arange(96, 2, nd, "cpu")]
+    assert torch.equal(compiled(seeds.view(-1, 1, 1), coords, 3, 0.1), row_dropout.row_keep(seeds, 3, (19, 96), 0.1, "cpu"))
+    pos = torch.randint(0, 40, (2, 24))
+    packed = row_dropout.PackedSeeds(seeds[torch.randint(0, 8, (2, 24))], pos)
+    h = torch.arange(4)[None, :, None, None]
+    got = compiled(packed.seed[:, None, :, None], [h, pos[:, None, :, None], pos[:, None, None, :]], 9, 0.2)
+    assert torch.equal(got, packed.keep_attention(9, 4, 0.2))

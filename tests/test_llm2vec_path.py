@@ -81,7 +81,7 @@ def test_mean_pooling_through_every_stage_export_and_sentence_transformers(tmp_p
     from data_prep.tokenizer import load_tokenizer
     from test_export import training_time_encoder
     from trainer.cli import main
-    from trainer.data.compression import pad_right
+    from trainer.data.padding import pad_right
     from trainer.encoder import Encoder
 
     assert main(["export", "--run", str(tmp_path / "scl"), "--output", str(tmp_path / "exp")]) == 0

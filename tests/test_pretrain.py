@@ -226,3 +226,45 @@ def test_real_kl_step_on_smollm2(tmp_path, compression_data, smollm2):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     loss = losses(tmp_path)
     assert set(loss) == {1, 2} and all(0 < v < 20 for v in loss.values())
+
+
+def checkpoint_is_lean(run: Path, step: int) -> None:
+    size = lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    artifacts = size(run / "final" / "adapter") + (run / "final" / "memory.safetensors").stat().st_size
+    ckpt = run / "checkpoints" / f"step-{step:08d}"
+    assert size(ckpt) <= 10 * artifacts, (size(ckpt), artifacts)
+    import torch
+
+    states = torch.load(next(ckpt.glob("*model_states.pt")), weights_only=False)["module"]
+    assert states and all("lora_" in k or k.startswith("memory.") for k in states), [k for k in states][:5]
+
+
+def test_checkpoints_hold_only_trainables_under_zero2_and_other_weights_are_refused(tmp_path, compression_data):
+    """No frozen base weight in a checkpoint (the tied lm_head included): at most 10x the trainable artifacts.
+    (Resume from such checkpoints equals an uninterrupted run: the signal test above, and ZeRO-3 below.)"""
+    common = [f"data={compression_data}", "train.micro_batch=2", "train.save_every=2", f"output_dir={tmp_path}"]
+    r = launch(2, *common, "max_steps=2")
+    assert r.returncode == 0, r.stdout[-3000:]
+    checkpoint_is_lean(tmp_path, 2)
+    bad = launch(2, *common, "max_steps=4", "model.lora.target_modules=[q_proj,k_proj]")
+    assert bad.returncode != 0 and "trainable weights missing" in bad.stdout + bad.stderr, bad.stdout[-2000:]
+
+
+def test_zero3_checkpoints_hold_only_trainables_and_resume_exactly(tmp_path, compression_data):
+    common = [f"data={compression_data}", "train.micro_batch=2", "train.save_every=2", "optim.schedule=constant",
+              "optim.warmup_ratio=0", f"train.deepspeed={ROOT / 'ds_configs' / 'zero3.json'}"]
+    whole = launch(2, *common, "max_steps=4", f"output_dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stdout[-3000:]
+    part = tmp_path / "part"
+    for steps in (2, 4):
+        r = launch(2, *common, f"max_steps={steps}", f"output_dir={part}")
+        assert r.returncode == 0, r.stdout[-3000:]
+    assert "resumed from" in r.stdout and "at step 2" in r.stdout
+    a, b = losses(tmp_path / "whole"), losses(part)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-6 * max(1.0, abs(a[step])), (step, a[step], b[step])
+    wa, wb = final_weights(tmp_path / "whole"), final_weights(part)
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, k
+    checkpoint_is_lean(part, 4)

@@ -90,11 +90,12 @@ class Encoder:
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 32, instruction: Optional[str] = None,
-               show_progress: bool = False, **_) -> np.ndarray:
-        """float32 [len(texts), hidden]; texts are encoded longest first so batches carry little padding."""
+               show_progress: bool = False, packing: Optional[int] = None, **_) -> np.ndarray:
+        """float32 [len(texts), hidden]; texts are encoded longest first so batches carry little padding;
+        ``packing``: tokens per packed row (a batch's texts end to end, no padding at all)."""
         from tqdm import tqdm
 
-        from .data.compression import pad_right
+        from .data.padding import pad_right
         from .modeling.pooling import encode
 
         texts = [self.format(t, instruction) for t in texts]
@@ -108,6 +109,6 @@ class Encoder:
             rows = order[start : start + batch_size]
             batch, lengths = pad_right([ids[i] or [self.pad_id] for i in rows], self.pad_id)
             emb = encode(decoder, embed, self.memory, self.prefix_ids, self.pad_id, batch.to(self.device),
-                         lengths.to(self.device), self.pooling)
+                         lengths.to(self.device), self.pooling, packing=packing)
             out[rows] = emb.float().cpu().numpy()
         return out

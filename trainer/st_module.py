@@ -29,7 +29,7 @@ class LLM2CompModule(nn.Module):
         return self.dimension
 
     def tokenize(self, texts, **_) -> dict:
-        from .data.compression import pad_right
+        from .data.padding import pad_right
 
         max_len = int(self.config.get("max_length", 512))
         ids = [x[:max_len] or [self.pad_id] for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]

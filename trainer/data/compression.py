@@ -2,18 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.compute as pc
-import torch
 
+from .padding import pad_right
 from .sampler import LengthGroupedBatchSampler
-
-
-def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    out = torch.full((len(rows), max(1, int(lengths.max()))), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out, lengths
 
 
 class CompressionBatches:
@@ -23,6 +14,8 @@ class CompressionBatches:
     def __init__(self, dataset, micro_batch: int, world_size: int, rank: int, seed: int, pad_id: int,
                  group_by_length: bool = True, joined: bool = False):
         self.joined = joined
+        import pyarrow.compute as pc
+
         table = dataset.data.table
         lengths = (pc.list_value_length(table["context_ids"]).to_numpy(zero_copy_only=False)
                    + pc.list_value_length(table["continuation_ids"]).to_numpy(zero_copy_only=False))

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.compute as pc
 
 from data_prep.errors import UserError
 
-from .compression import pad_right
+from .padding import pad_right
 from .sampler import LengthGroupedBatchSampler
 
 
 def _lengths(table, column: str) -> np.ndarray:
+    import pyarrow.compute as pc
+
     return pc.list_value_length(table[column]).to_numpy(zero_copy_only=False)
 
 

@@ -1,8 +1,6 @@
 """Opening `llm2comp prep` outputs for training: right kind, same tokenizer as the model, intact shards."""
 from __future__ import annotations
 
-import datasets
-
 from data_prep.errors import UserError
 from data_prep.manifest import check_tokenizer, read_manifest, verify_shards
 
@@ -21,6 +19,8 @@ def open_shards(path: str, kind: str | tuple[str, ...], tokenizer_identity: dict
     check_tokenizer(manifest, tokenizer_identity, path)
     if verify:
         verify_shards(path, manifest)
+    import datasets
+
     dataset = datasets.load_from_disk(path)
     if len(dataset) == 0:
         raise UserError(f"{path}: holds no rows")

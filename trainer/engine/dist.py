@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from data_prep.errors import UserError
+
 _process_group_used = False  # set by init_distributed; see exit_process
 
 
@@ -37,13 +39,28 @@ def world_from_env() -> World:
     return World(0, 1, 0)
 
 
+def device_index(local_rank: int, visible: int) -> int:
+    """The GPU of a rank among those it sees. One GPU per task (srun --gpus-per-task=1, or a per-task
+    CUDA_VISIBLE_DEVICES) shows each task only its own, as device 0, whatever SLURM_LOCALID says; a
+    task that sees every GPU of the node takes the one of its local rank."""
+    if visible < 1:
+        raise UserError("no GPU is visible to this rank (CUDA_VISIBLE_DEVICES?)")
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise UserError(f"local rank {local_rank} but only {visible} GPUs are visible to it; give each task one GPU "
+                        "(srun --gpus-per-task=1) or run one task per GPU of the node")
+    return local_rank
+
+
 def init_distributed(world: World) -> torch.device:
     global _process_group_used
     import deepspeed
 
     if torch.cuda.is_available():
-        torch.cuda.set_device(world.local_rank)
-        device, backend = torch.device("cuda", world.local_rank), "nccl"
+        index = device_index(world.local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        device, backend = torch.device("cuda", index), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     deepspeed.init_distributed(dist_backend=backend, verbose=False)

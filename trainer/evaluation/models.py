@@ -69,7 +69,7 @@ class PooledLM:
                       ids, lengths, self.pooling, bidirectional=self.pooling == "memory")
 
     def encoder(self, batch_size: int):
-        from ..data.compression import pad_right
+        from ..data.padding import pad_right
 
         def encode(texts: list[str]) -> np.ndarray:
             ids = [x[:512] or [self.pad] for x in self.tok(texts, add_special_tokens=False)["input_ids"]]

@@ -61,8 +61,15 @@ def resolve_attention(choice: str, config) -> str:
     return choice
 
 
-def run_decoder(decoder, *, bidirectional: bool, inputs_embeds=None, input_ids=None, attention_mask=None) -> torch.Tensor:
-    """Final-layer hidden states (after the final norm) of the decoder stack, without the LM head."""
+def run_decoder(decoder, *, bidirectional: bool, inputs_embeds=None, input_ids=None, attention_mask=None,
+                packing: int | None = None) -> torch.Tensor:
+    """Final-layer hidden states (after the final norm) of the decoder stack, without the LM head.
+
+    ``attention_mask``: the right-padding mask [B, T]. ``packing``: tokens per packed row; the batch's
+    sequences then run end to end without padding (``trainer/modeling/packing.py``) and the states come
+    back in the padded layout (zeros at padding)."""
+    if packing:
+        return _run_packed(decoder, bidirectional, inputs_embeds, input_ids, attention_mask, packing)
     out = decoder(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
@@ -71,3 +78,32 @@ def run_decoder(decoder, *, bidirectional: bool, inputs_embeds=None, input_ids=N
         use_cache=False,
     )
     return out.last_hidden_state
+
+
+def _run_packed(decoder, bidirectional: bool, inputs_embeds, input_ids, attention_mask, max_tokens: int) -> torch.Tensor:
+    from . import packing
+    from .row_dropout import packed_row_seeds
+
+    if inputs_embeds is None:
+        inputs_embeds = decoder.get_input_embeddings()(input_ids)
+    b, t = inputs_embeds.shape[:2]
+    lengths = attention_mask.sum(1) if attention_mask is not None else torch.full((b,), t, device=inputs_embeds.device)
+    packing.check_windows(decoder.config, lengths)
+    impl = decoder.config._attn_implementation
+    flash = impl.startswith("flash_attention")
+    lay = packing.layout(lengths, max_tokens, one_row=flash)
+    kwargs = {}
+    if flash:  # variable-length kernels: sequence boundaries as cumulative lengths, no mask
+        ends = torch.cumsum(lengths, 0)  # one row, the sequences in batch order
+        cu = torch.cat([ends.new_zeros(1), ends]).to(torch.int32)
+        longest = int(lengths.max())
+        kwargs = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+        mask = None
+    else:
+        eager = impl == "eager" or impl.endswith("_eager")
+        mask = packing.block_mask(lay, causal=not bidirectional,
+                                  additive_dtype=inputs_embeds.dtype if eager else None)
+    with packed_row_seeds(lay.sequence, lay.position_ids):
+        out = decoder(inputs_embeds=packing.pack(inputs_embeds, lay), attention_mask=mask,
+                      position_ids=lay.position_ids, is_causal=not bidirectional, use_cache=False, **kwargs)
+    return packing.unpack(out.last_hidden_state, lay, t)

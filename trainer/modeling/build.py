@@ -20,7 +20,7 @@ def model_tokenizer(settings: ModelSettings):
 
 
 def build_model(settings: ModelSettings, seed: int = 0, lineage: Optional[dict] = None,
-                memory: Optional[torch.Tensor] = None) -> tuple[Compressor, dict, dict]:
+                memory: Optional[torch.Tensor] = None, device=None) -> tuple[Compressor, dict, dict]:
     """A Compressor with a fresh LoRA: on the base model, or (``lineage``) on the base with every earlier
     stage's adapter merged in, in order. Returns it in training mode, the tokenizer identity and this
     model's lineage."""
@@ -32,7 +32,7 @@ def build_model(settings: ModelSettings, seed: int = 0, lineage: Optional[dict] 
         settings = replace(settings, tokenizer=base_spec["path"])
     tok, identity = model_tokenizer(settings)
     base, path = load_causal_lm(base_spec["path"], settings.dtype, settings.attention,
-                                base_spec["random_init"], base_spec["config_overrides"], base_spec["seed"])
+                                base_spec["random_init"], base_spec["config_overrides"], base_spec["seed"], device)
     for adapter in (lineage or {}).get("adapters", []):
         from peft import PeftModel
 

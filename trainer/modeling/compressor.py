@@ -29,6 +29,7 @@ class Compressor(nn.Module):
         # No memory tokens when the embedding does not use them (mean / last pooling).
         self.memory = MemoryTokens(memory_init) if memory_init is not None else None
         self.pooling = pooling
+        self.packing: Optional[int] = None  # tokens per packed row (``data.packing``); None: padded batches
         self.register_buffer("prefix_ids", torch.tensor(prefix_ids, dtype=torch.long), persistent=False)
         self.pad_id = pad_id
         self.loss_chunk = 1024  # tokens per LM-head chunk in the vocabulary losses
@@ -63,18 +64,20 @@ class Compressor(nn.Module):
     def memory_states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Final hidden states at the K memory positions of E on [prefix, text, m_1..m_K]: [B, K, H]."""
         with self.switch(True):
-            return encode_memory(self.decoder, self.embed, self.memory.weight, self.prefix_ids, self.pad_id, ids, lengths)
+            return encode_memory(self.decoder, self.embed, self.memory.weight, self.prefix_ids, self.pad_id, ids, lengths,
+                                 self.packing)
 
     def text_states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Final hidden states of E on [prefix, text] (no memory tokens): [B, P + T, H]."""
         with self.switch(True):
-            return text_states(self.decoder, self.embed, self.prefix_ids, ids, lengths)
+            return text_states(self.decoder, self.embed, self.prefix_ids, ids, lengths, packing=self.packing)
 
     def embed_texts(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The text embedding under the model's pooling, [B, H]."""
         with self.switch(True):
             memory = self.memory.weight if self.memory is not None else None
-            return encode(self.decoder, self.embed, memory, self.prefix_ids, self.pad_id, ids, lengths, self.pooling)
+            return encode(self.decoder, self.embed, memory, self.prefix_ids, self.pad_id, ids, lengths, self.pooling,
+                          packing=self.packing)
 
     # -- D: memory states -> predictions of targets ------------------------------------------------
     def decoder_hidden(self, memory: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
@@ -89,7 +92,8 @@ class Compressor(nn.Module):
         start = p + self.k - 1
         mask = (pos < (start + 1 + target_lengths)[:, None]).long()
         with self.switch(False):
-            hidden = run_decoder(self.decoder, bidirectional=False, inputs_embeds=embeds, attention_mask=mask)
+            hidden = run_decoder(self.decoder, bidirectional=False, inputs_embeds=embeds, attention_mask=mask,
+                                 packing=self.packing)
         select = (pos >= start) & (pos < start + target_lengths[:, None])
         return hidden[select]
 
@@ -107,7 +111,8 @@ class Compressor(nn.Module):
         ids, lengths = with_prefix(joined, context_lengths + target_lengths, self.prefix_ids)
         pos = _positions(ids.shape[1], ids.device)
         with self.switch(False):
-            hidden = run_decoder(self.decoder, bidirectional=False, input_ids=ids, attention_mask=(pos < lengths[:, None]).long())
+            hidden = run_decoder(self.decoder, bidirectional=False, input_ids=ids, attention_mask=(pos < lengths[:, None]).long(),
+                                 packing=self.packing)
         start = self.prefix_ids.numel() + context_lengths - 1
         select = (pos >= start[:, None]) & (pos < (start + target_lengths)[:, None])
         return hidden[select]

@@ -78,6 +78,7 @@ def read_effective(compressor) -> dict:
             "targets": sorted({names[id(layer)].rsplit(".", 1)[-1] for layer in layers}),
         },
         "pooling": compressor.pooling,
+        "packing": compressor.packing,
         "memory_tokens": {"k": compressor.k,
                           "trainable": compressor.memory is not None and bool(compressor.memory.weight.requires_grad)},
         "trainable_parameters": sum(p.numel() for _, p in trainable),
@@ -164,6 +165,7 @@ def summary(effective: dict) -> str:
                                               f"{'' if effective['memory_tokens']['trainable'] else ' (frozen)'}"
                                               if effective["memory_tokens"]["k"] else ""),
         f"{effective['trainable_parameters']:,} trainable parameters",
+        f"packing {effective['packing']} tokens a row" if effective.get("packing") else "padded batches",
     ]
     if probe:
         parts.append(f"bidirectional check passed (position 0 moved {probe['encoder_change']:.2g} encoder, "

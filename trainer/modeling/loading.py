@@ -43,9 +43,13 @@ def load_config(path: str, overrides: Optional[dict] = None):
 
 
 def load_causal_lm(path: str, dtype: str, attention: str = "auto", random_init: bool = False,
-                   config_overrides: Optional[dict] = None, seed: int = 0):
+                   config_overrides: Optional[dict] = None, seed: int = 0, device=None):
     """The causal LM and its resolved path; ``attention`` is a recipe choice (``auto`` included), resolved
-    for this model's class (``trainer/modeling/attention.py``)."""
+    for this model's class (``trainer/modeling/attention.py``).
+
+    ``device``: where the weights go. On a GPU they are read from the safetensors files straight onto it
+    (``device_map``) and random weights are drawn there, so a rank never holds a full host copy of a 7B
+    base (eight ranks of a node would hold eight)."""
     from transformers import AutoModelForCausalLM
 
     from .attention import resolve_attention
@@ -55,12 +59,15 @@ def load_causal_lm(path: str, dtype: str, attention: str = "auto", random_init: 
     path = resolve_model_path(path)
     config = load_config(path, config_overrides)
     attention = resolve_attention(attention, config)
+    device = torch.device(device) if device is not None else torch.device("cpu")
     if random_init:
         torch.manual_seed(seed)  # every rank builds the same random weights
         config._attn_implementation = attention
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation=attention)
+        with device:
+            model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation=attention)
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=DTYPES[dtype], attn_implementation=attention
+            path, config=config, dtype=DTYPES[dtype], attn_implementation=attention,
+            **({"device_map": {"": device}} if device.type != "cpu" else {}),
         )
     return model, path

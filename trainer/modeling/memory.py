@@ -1,6 +1,8 @@
 """The K learned memory-token input embeddings, spliced after each text (no vocabulary resize)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -41,7 +43,7 @@ def splice_after_text(embeds: torch.Tensor, lengths: torch.Tensor, memory: torch
 
 
 def encode_memory(decoder: nn.Module, embed, memory: torch.Tensor, prefix_ids: torch.Tensor, pad_id: int,
-                  ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+                  ids: torch.Tensor, lengths: torch.Tensor, packing: Optional[int] = None) -> torch.Tensor:
     """E on [prefix, text, m_1..m_K] (right-padded ids): final hidden states at the memory positions, [B, K, H].
 
     Shared by training (adapter on) and the exported encoder (adapter merged)."""
@@ -52,7 +54,7 @@ def encode_memory(decoder: nn.Module, embed, memory: torch.Tensor, prefix_ids: t
     ids, lengths = with_prefix(ids, lengths, prefix_ids)
     ids = nn.functional.pad(ids, (0, k), value=pad_id)
     embeds, is_memory, mask = splice_after_text(embed(ids), lengths, memory)
-    hidden = run_decoder(decoder, bidirectional=True, inputs_embeds=embeds, attention_mask=mask)
+    hidden = run_decoder(decoder, bidirectional=True, inputs_embeds=embeds, attention_mask=mask, packing=packing)
     return hidden[is_memory].view(ids.shape[0], k, -1)
 
 

@@ -23,13 +23,14 @@ def with_prefix(ids: torch.Tensor, lengths: torch.Tensor, prefix_ids: torch.Tens
 
 
 def text_states(decoder: nn.Module, embed, prefix_ids: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
-                bidirectional: bool = True) -> torch.Tensor:
+                bidirectional: bool = True, packing: Optional[int] = None) -> torch.Tensor:
     """Final hidden states of [prefix, text] (right-padded): [B, P + T, H]."""
     from .attention import run_decoder
 
     full, total = with_prefix(ids, lengths, prefix_ids)
     mask = (torch.arange(full.shape[1], device=full.device)[None, :] < total[:, None]).long()
-    return run_decoder(decoder, bidirectional=bidirectional, inputs_embeds=embed(full), attention_mask=mask)
+    return run_decoder(decoder, bidirectional=bidirectional, inputs_embeds=embed(full), attention_mask=mask,
+                       packing=packing)
 
 
 def pool_text(hidden: torch.Tensor, lengths: torch.Tensor, p: int, pooling: str) -> torch.Tensor:
@@ -42,15 +43,16 @@ def pool_text(hidden: torch.Tensor, lengths: torch.Tensor, p: int, pooling: str)
 
 
 def encode(decoder: nn.Module, embed, memory: Optional[torch.Tensor], prefix_ids: torch.Tensor, pad_id: int,
-           ids: torch.Tensor, lengths: torch.Tensor, pooling: str, bidirectional: bool = True) -> torch.Tensor:
-    """One embedding per text, [B, H], with ``pooling``."""
+           ids: torch.Tensor, lengths: torch.Tensor, pooling: str, bidirectional: bool = True,
+           packing: Optional[int] = None) -> torch.Tensor:
+    """One embedding per text, [B, H], with ``pooling``; ``packing``: tokens per packed row (None: padded)."""
     from .memory import encode_memory
 
     if pooling == "memory":
         if memory is None:
             raise ValueError("pooling 'memory' needs memory tokens")
-        return encode_memory(decoder, embed, memory, prefix_ids, pad_id, ids, lengths).mean(1)
+        return encode_memory(decoder, embed, memory, prefix_ids, pad_id, ids, lengths, packing).mean(1)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: expected one of {POOLINGS}")
-    hidden = text_states(decoder, embed, prefix_ids, ids, lengths, bidirectional)
+    hidden = text_states(decoder, embed, prefix_ids, ids, lengths, bidirectional, packing)
     return pool_text(hidden, lengths, prefix_ids.numel(), pooling)

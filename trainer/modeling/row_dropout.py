@@ -10,7 +10,9 @@ state to save. Active only inside ``row_seeds(...)``; elsewhere dropout is torch
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -29,21 +31,77 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def row_keep(seeds: torch.Tensor, salt: int, shape: tuple[int, ...], p: float, device) -> torch.Tensor:
-    """Keep mask (True with probability 1 - p) of shape [B, *shape] from per-row seeds and coordinates.
+def keep_from(seed: torch.Tensor, coords: list[torch.Tensor], salt: int, p: float) -> torch.Tensor:
+    """Keep mask (True with probability 1 - p) from a seed and one coordinate tensor per dimension, all
+    int64 and broadcastable to the mask's shape: mix(seed, salt), then mix in each coordinate in order.
 
     The leading coordinates are hashed on small tensors; the last one, which makes the tensor full-size,
     gets one multiply-xorshift round whose top bits decide, so the full-size work is a few integer passes
     (dropout on every LoRA input is most of a contrastive step's elementwise work)."""
-    x = _mix((seeds.to(device=device, dtype=torch.int64) & _M32) ^ (salt * 0x61C88647 & _M32))
-    x = x.view(-1, *([1] * len(shape)))
-    for d, n in enumerate(shape[:-1]):
-        coord = torch.arange(n, device=device, dtype=torch.int64) * _COORD[d % len(_COORD)]
-        x = _mix((x + coord.view(*([1] * d), n, *([1] * (len(shape) - d - 1)))) & _M32)
-    last = (torch.arange(shape[-1], device=device, dtype=torch.int64) * _COORD[(len(shape) - 1) % len(_COORD)]) & _M32
-    v = x ^ last
+    x = _mix((seed & _M32) ^ (salt * 0x61C88647 & _M32))
+    for d, c in enumerate(coords[:-1]):
+        x = _mix((x + c * _COORD[d % len(_COORD)]) & _M32)
+    v = x ^ ((coords[-1] * _COORD[(len(coords) - 1) % len(_COORD)]) & _M32)
     v = ((v ^ (v >> 15)) * 0x45D9F3B) & _M32
     return v >= int(p * 4294967296.0)
+
+
+_compiled = {}
+
+
+def keep_mask(seed: torch.Tensor, coords: list[torch.Tensor], salt: int, p: float) -> torch.Tensor:
+    """``keep_from``, compiled into one fused kernel on a GPU (eager, it is ~35 small kernels and five
+    full-size int64 temporaries per mask: thousands of launches per forward). Bit-identical either way
+    (tested on CPU; checked on GPU by bench/gpu_session.sh). ``LLM2COMP_COMPILE_DROPOUT=0`` turns it off."""
+    if seed.device.type != "cuda" or os.environ.get("LLM2COMP_COMPILE_DROPOUT", "1") == "0":
+        return keep_from(seed, coords, salt, p)
+    fn = _compiled.get("cuda")
+    if fn is None:
+        fn = _compiled["cuda"] = torch.compile(keep_from, dynamic=True)
+    return fn(seed, coords, salt, p)
+
+
+def _arange(n: int, dim: int, ndim: int, device) -> torch.Tensor:
+    return torch.arange(n, device=device, dtype=torch.int64).view(*([1] * dim), n, *([1] * (ndim - dim - 1)))
+
+
+def row_keep(seeds: torch.Tensor, salt: int, shape: tuple[int, ...], p: float, device) -> torch.Tensor:
+    """Keep mask of shape [B, *shape] from per-row seeds [B] and each element's coordinates."""
+    nd = len(shape) + 1
+    seed = seeds.to(device=device, dtype=torch.int64).view(-1, *([1] * len(shape)))
+    return keep_mask(seed, [_arange(n, d + 1, nd, device) for d, n in enumerate(shape)], salt, p)
+
+
+@dataclass
+class PackedSeeds:
+    """Inside a packed decoder call (``trainer/modeling/packing.py``): each packed token's sequence seed and
+    its position in the sequence, [R, W], so that a mask element is the one the padded layout draws."""
+
+    seed: torch.Tensor
+    position: torch.Tensor
+
+    def keep_tokens(self, salt: int, features: int, p: float) -> torch.Tensor:
+        """For a [R, W, F] input: the padded [B, T, F] mask, element for element."""
+        f = torch.arange(features, device=self.seed.device, dtype=torch.int64)[None, None, :]
+        return keep_mask(self.seed[:, :, None], [self.position[:, :, None], f], salt, p)
+
+    def keep_attention(self, salt: int, heads: int, p: float) -> torch.Tensor:
+        """For [R, H, W, W] attention probabilities: the padded [B, H, T, T] mask within each sequence."""
+        h = torch.arange(heads, device=self.seed.device, dtype=torch.int64)[None, :, None, None]
+        q, k = self.position[:, None, :, None], self.position[:, None, None, :]
+        return keep_mask(self.seed[:, None, :, None], [h, q, k], salt, p)
+
+
+@contextlib.contextmanager
+def packed_row_seeds(sequence: torch.Tensor, position: torch.Tensor):
+    """Within a packed call: turn the batch's per-row seeds into per-token ones (no-op without seeds)."""
+    seeds = current_seeds()
+    if seeds is None or isinstance(seeds, PackedSeeds):
+        yield
+        return
+    tokens = seeds.to(device=sequence.device, dtype=torch.int64)[sequence.clamp_min(0)]
+    with row_seeds(PackedSeeds(tokens, position)):
+        yield
 
 
 def sample_seeds(run_seed: int, step: int, micro: int, sample: torch.Tensor, role: torch.Tensor) -> torch.Tensor:
@@ -53,7 +111,8 @@ def sample_seeds(run_seed: int, step: int, micro: int, sample: torch.Tensor, rol
     return (base * 1_000_033 + sample) * 67 + role
 
 
-def current_seeds() -> Optional[torch.Tensor]:
+def current_seeds():
+    """The active seeds: a [B] tensor (one per batch row), PackedSeeds, or None (torch's dropout)."""
     return getattr(_state, "seeds", None)
 
 
@@ -73,8 +132,14 @@ def row_seeds_checkpoint_context():
     return contextlib.nullcontext(), row_seeds(current_seeds())
 
 
-def row_dropout(x: torch.Tensor, p: float, salt: int, seeds: torch.Tensor) -> torch.Tensor:
-    keep = row_keep(seeds, salt, tuple(x.shape[1:]), p, x.device)
+def row_dropout(x: torch.Tensor, p: float, salt: int, seeds) -> torch.Tensor:
+    if isinstance(seeds, PackedSeeds):
+        if x.ndim == 3:
+            keep = seeds.keep_tokens(salt, x.shape[-1], p)
+        else:  # attention probabilities [R, H, W, W]
+            keep = seeds.keep_attention(salt, x.shape[1], p)
+    else:
+        keep = row_keep(seeds, salt, tuple(x.shape[1:]), p, x.device)
     return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
 
 

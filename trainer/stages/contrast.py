@@ -48,6 +48,12 @@ class ContrastData:
     path: str = ""
     group_by_length: bool = False  # random batches keep in-batch negatives random
     verify_shards: bool = True
+    packing: bool = False  # sequences end to end in rows, no padding, attention isolated per sequence
+    max_tokens_per_row: int = 4096  # with packing
+
+    def validate(self) -> None:
+        if self.max_tokens_per_row < 1:
+            raise ConfigError(f"data.max_tokens_per_row must be at least 1, got {self.max_tokens_per_row}")
 
 
 @dataclass
@@ -79,7 +85,8 @@ class ContrastTask:
         if r.init.init_from:
             lineage, memory = read_run(r.init.init_from)
             memory = memory if r.init.carry_memory else None
-        model, self.identity, self.lineage = build_model(r.model, r.train.seed, lineage, memory)
+        model, self.identity, self.lineage = build_model(r.model, r.train.seed, lineage, memory, device)
+        model.packing = r.data.max_tokens_per_row if r.data.packing else None
         self.effective = prepare_for_training(model, r.model, device, attention_dropout=r.contrast.attention_dropout,
                                               row_seeded=True, gradient_checkpointing=r.train.gradient_checkpointing)
         self.pad_id = model.pad_id

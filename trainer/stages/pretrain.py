@@ -10,7 +10,6 @@ from ..artifacts import data_summary, save_artifacts
 
 from ..data.compression import CompressionBatches
 from ..config import ConfigError
-from ..data.shards import open_shards
 from ..engine.loop import COMMON_ALIASES, LossOutput, run_stage
 from ..engine.settings import OptimSettings, TrainSettings
 from ..modeling.row_dropout import sample_seeds
@@ -21,6 +20,12 @@ class DataSettings:
     path: str = ""
     group_by_length: bool = True
     verify_shards: bool = True
+    packing: bool = False  # sequences end to end in rows, no padding, attention isolated per sequence
+    max_tokens_per_row: int = 4096  # with packing
+
+    def validate(self) -> None:
+        if self.max_tokens_per_row < 1:
+            raise ConfigError(f"data.max_tokens_per_row must be at least 1, got {self.max_tokens_per_row}")
 
 @dataclass
 class ObjectiveSettings:
@@ -62,8 +67,9 @@ class PretrainTask:
 
         r = self.recipe
         mntp = r.objective.kind == "mntp"
-        model, self.identity, self.lineage = build_model(r.model, r.train.seed)
+        model, self.identity, self.lineage = build_model(r.model, r.train.seed, device=device)
         model.loss_chunk = r.objective.loss_chunk
+        model.packing = r.data.max_tokens_per_row if r.data.packing else None
         if mntp:
             self.mask_id = mask_token_id(model_tokenizer(r.model)[0], r.objective.mask_token)
         # mntp never reaches the memory tokens (memory pooling after an mntp stage 1 starts from fresh ones).
@@ -75,6 +81,7 @@ class PretrainTask:
 
     def build_data(self, world):
         from ..data.contrast import SentenceBatches
+        from ..data.shards import open_shards
 
         r = self.recipe
         mntp = r.objective.kind == "mntp"
