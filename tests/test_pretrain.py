@@ -268,3 +268,20 @@ def test_zero3_checkpoints_hold_only_trainables_and_resume_exactly(tmp_path, com
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, k
     checkpoint_is_lean(part, 4)
+
+
+def test_weights_and_biases_on_request(tmp_path, compression_data):
+    """train.report_to: [wandb] logs every metric to a W&B run (a stand-in package here; WANDB_MODE is W&B's
+    own, passed through); without the package the run stops in one line."""
+    stub = ROOT / "tests" / "stubs"
+    common = [f"data={compression_data}", "max_steps=2", "train.micro_batch=2", "train.report_to=[wandb]"]
+    env = {"PYTHONPATH": f"{stub}{os.pathsep}{ROOT}", "WANDB_MODE": "offline", "WANDB_STUB_OUT": str(tmp_path / "w.json")}
+    r = launch(1, *common, f"output_dir={tmp_path / 'run'}", env_extra=env)
+    assert r.returncode == 0, r.stdout[-3000:]
+    got = json.loads((tmp_path / "w.json").read_text())
+    assert got["mode"] == "offline" and got["init"]["project"] == "llm2comp" and got["init"]["id"] == "stub1234"
+    assert got["init"]["config"]["train"]["max_steps"] == 2 and got["init"]["resume"] == "allow"
+    assert [x["step"] for x in got["logs"]] == [1, 2] and all("loss" in x and "lr" in x for x in got["logs"])
+    assert (tmp_path / "run" / "wandb_run_id").read_text().strip() == "stub1234"
+    r = launch(1, *common, f"output_dir={tmp_path / 'none'}")
+    assert r.returncode != 0 and "pip install wandb" in r.stdout + r.stderr

@@ -89,3 +89,15 @@ def test_contrast_recipes_load_and_accept_init_from_and_chunk(path, tmp_path):
     assert (r.init.init_from, r.contrast.chunk, r.train.max_steps) == (f"{tmp_path}/run", 5, 2)
     assert r.contrast.kind == path.stem.rsplit("-", 1)[1]
     assert (ROOT / r.train.deepspeed).exists()
+
+
+@pytest.mark.parametrize("command, key", [("pretrain", "  objective.mask_ratio = 0.2   [float]"),
+                                          ("contrast", "  contrast.attention_dropout = 0.2   [float]")])
+def test_help_lists_every_recipe_key_with_its_default(command, key):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", command, "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and key in r.stdout and "launch/recipes" in r.stdout, r.stdout[-2000:] + r.stderr[-1000:]
+    assert "  train.report_to = ['tensorboard']" in r.stdout and "model.pooling = 'memory'" in r.stdout

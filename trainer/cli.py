@@ -8,6 +8,29 @@ import sys
 from data_prep.errors import UserError
 
 
+class RecipeHelp(argparse.Action):
+    """``--help`` of a training command: its usage, then every recipe key with its default, generated from
+    the typed settings (imported only when asked: the stages import torch)."""
+
+    def __init__(self, option_strings, dest, recipe: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help and the recipe keys")
+        self.recipe = recipe
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import importlib
+
+        from .config import describe
+
+        module, name = self.recipe.split(":")
+        schema = getattr(importlib.import_module(module), name)
+        aliases = ", ".join(f"{k}= ({v})" for k, v in getattr(schema, "ALIASES", {}).items())
+        parser.print_help()
+        print("\nrecipe keys (set in RECIPE.yaml or as dotted.key=value overrides; defaults shown):")
+        print("\n".join(describe(schema)))
+        print(f"\nshort overrides: {aliases}\nrecipes: launch/recipes/*.yaml (docs/TRAINING.md)")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from data_prep import __version__
     from data_prep import cli as prep_cli
@@ -18,11 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llm2comp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     prep_cli.add_arguments(sub.add_parser("prep", help="tokenize corpora into Arrow shards (offline, CPU)"))
-    p = sub.add_parser("pretrain", help="stage 1: compression pretraining (DeepSpeed)")
+    p = sub.add_parser("pretrain", help="stage 1: compression pretraining (DeepSpeed)", add_help=False)
+    p.add_argument("-h", "--help", action=RecipeHelp, recipe="trainer.stages.pretrain:PretrainRecipe")
     p.add_argument("--config", required=True, metavar="RECIPE.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data=DIR max_steps=100 model.lora.r=8")
     p.set_defaults(func=_run_pretrain)
-    p = sub.add_parser("contrast", help="stages 2 and 3: contrastive training with gradient caching (DeepSpeed)")
+    p = sub.add_parser("contrast", help="stages 2 and 3: contrastive training with gradient caching (DeepSpeed)",
+                       add_help=False)
+    p.add_argument("-h", "--help", action=RecipeHelp, recipe="trainer.stages.contrast:ContrastRecipe")
     p.add_argument("--config", required=True, metavar="RECIPE.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. init_from=RUN data=DIR chunk=8")
     p.set_defaults(func=_run_contrast)
@@ -32,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     p.add_argument("--max-length", type=int, default=None,
                    help="tokens an input is cut to (default: the longest the training shards allowed)")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="the stage adapters (PEFT), memory tokens and config, loaded on top of the base model by name")
+    p.add_argument("--eval", action="append", metavar="RESULTS.json", help="`llm2comp eval` results for the model card")
+    p.add_argument("--name", help="the model's name in its card (default: the output folder's name)")
     p.set_defaults(func=_lazy("trainer.export"))
     p = sub.add_parser("encode", help="embed texts (.txt lines or .jsonl with --text-field) into a .npy file")
     p.add_argument("--model", required=True, metavar="DIR")
@@ -52,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default=None,
                    help="applied to both sentences with the model's instruction template (supervised models)")
     p.set_defaults(func=_lazy("trainer.eval_cli"))
+    p = ev.add_parser("mteb", help="MTEB tasks or a benchmark, through the mteb package (offline: cached tasks)")
+    p.add_argument("--model", required=True, metavar="DIR", help="llm2comp export or sentence-transformers folder")
+    p.add_argument("--tasks", metavar="NAME,...", help="e.g. STSBenchmark,SICK-R,SciFact")
+    p.add_argument("--benchmark", metavar="NAME", help="e.g. 'MTEB(eng, v2)'")
+    p.add_argument("--output", metavar="DIR", help="per-task results and summary.json (required unless --download-only)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--instructions", metavar="FILE", help="JSON task -> instruction, over the shipped table")
+    p.add_argument("--download-only", action="store_true", help="fill the Hugging Face cache with the tasks' data")
+    p.set_defaults(func=_lazy("trainer.evaluation.mteb_eval"))
     p = sub.add_parser("analyze", help="dimensional collapse: singular spectrum, effective rank, alignment, uniformity")
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--input", required=True, metavar="FILE", help=".txt (text, or text<TAB>pair per line) or .jsonl")

@@ -210,6 +210,27 @@ class _Builder:
         raise self.fail(key, f"expected {_name(tp)}, got {_show(value)}")
 
 
+def describe(schema: type, prefix: str = "") -> list[str]:
+    """Every key of a recipe schema with its type and default, one line each (``--help``)."""
+    lines = []
+    hints = get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if not f.init:
+            continue
+        key, tp = _join(prefix, f.name), hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe(tp, key)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        if get_origin(tp) is Literal:
+            kind = "|".join(map(str, get_args(tp)))
+        else:
+            kind = _name(tp)
+        lines.append(f"  {key} = {default!r}   [{kind}]")
+    return lines
+
+
 def _validate(obj: Any) -> None:
     """Call ``validate()`` on every section, innermost first, so outer checks may rely on inner ones."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -37,7 +37,8 @@ def run(args) -> int:
     from .encoder import Encoder
 
     texts = read_texts(args.input, args.text_field)
-    embeddings = Encoder.from_pretrained(args.model).encode(texts, args.batch_size, args.instruction, show_progress=True)
+    embeddings = Encoder.from_pretrained(args.model).encode(texts, args.batch_size, instruction=args.instruction,
+                                                            show_progress_bar=True)
     np.save(args.output, embeddings)
     print(f"{len(texts):,} texts -> {args.output} {embeddings.shape}")
     return 0

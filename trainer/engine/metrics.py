@@ -1,4 +1,6 @@
-"""Rank-0 logging: a progress bar, ``metrics.jsonl`` (one object per logged step) and TensorBoard."""
+"""Rank-0 logging: a progress bar, ``metrics.jsonl`` (one object per logged step), TensorBoard and, when
+``train.report_to`` names it, Weights & Biases (``WANDB_MODE=offline`` and the other W&B settings are W&B's
+own; a requeued job continues the same W&B run, whose id is kept in the output directory)."""
 from __future__ import annotations
 
 import json
@@ -19,10 +21,12 @@ def memory_stats() -> dict:
 
 class MetricsLogger:
     def __init__(self, output_dir: str, enabled: bool, start_step: int, max_steps: int,
-                 tensorboard: bool = True, progress: bool = True):
+                 tensorboard: bool = True, progress: bool = True, wandb: bool = False,
+                 run_config: Optional[dict] = None):
         self.enabled = enabled
         self.file = None
         self.tb = None
+        self.wandb = None
         self.bar: Optional[tqdm] = None
         if not enabled:
             return
@@ -32,6 +36,8 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+        if wandb:
+            self.wandb = _wandb_run(output_dir, run_config or {})
         self.bar = tqdm(total=max_steps, initial=start_step, disable=not progress or None, dynamic_ncols=True, unit="step")
         self.t0 = time.monotonic()
 
@@ -44,6 +50,8 @@ class MetricsLogger:
             for k, v in record.items():
                 if k not in ("step", "time") and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}, step=step)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}",
                                  tok_s=f"{values.get('tokens_per_s', 0):,.0f}", refresh=False)
@@ -57,5 +65,26 @@ class MetricsLogger:
             self.bar.close()
         if self.tb:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
         if self.file:
             self.file.close()
+
+
+def _wandb_run(output_dir: str, run_config: dict):
+    try:
+        import wandb
+    except ImportError:
+        from data_prep.errors import UserError
+
+        raise UserError("train.report_to: wandb is not installed (pip install wandb), or drop it from report_to") from None
+    id_file = os.path.join(output_dir, "wandb_run_id")
+    if os.path.exists(id_file):
+        with open(id_file) as fh:
+            run_id = fh.read().strip()
+    else:
+        run_id = wandb.util.generate_id() if hasattr(wandb, "util") else os.urandom(4).hex()
+        with open(id_file, "w") as fh:
+            fh.write(run_id + "\n")
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "llm2comp"), name=os.path.basename(os.path.abspath(output_dir)),
+                      id=run_id, resume="allow", dir=output_dir, config=run_config)

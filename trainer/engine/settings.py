@@ -1,7 +1,7 @@
 """Typed settings of the engine: optimizer/schedule and the training loop."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import ConfigError
@@ -38,7 +38,8 @@ class TrainSettings:
     keep_last: int = 2
     resume: str = "auto"  # auto | never | path of a checkpoint directory
     max_nonfinite: int = 5  # abort after this many non-finite losses in a row
-    tensorboard: bool = True
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
+    tensorboard: bool = True  # false turns TensorBoard off whatever report_to says (older recipes)
     progress: bool = True
 
     def validate(self) -> None:

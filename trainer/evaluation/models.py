@@ -14,25 +14,27 @@ POOLINGS = ("mean", "last", "memory")
 
 
 def load_encoder(path: str, pooling: Optional[str] = None, batch_size: int = 32,
-                 instruction: Optional[str] = None) -> Callable[[list[str]], np.ndarray]:
+                 instruction: Optional[str] = None, progress: bool = True) -> Callable[[list[str]], np.ndarray]:
+    """``progress``: a progress bar (stderr) for every call's batches."""
     from ..encoder import CONFIG, Encoder
 
     if not os.path.isdir(path):
         raise UserError(f"--model {path}: no such directory")
     if os.path.exists(os.path.join(path, CONFIG)):
         enc = Encoder.from_pretrained(path)
-        return lambda texts: enc.encode(texts, batch_size=batch_size, instruction=instruction)
+        return lambda texts: enc.encode(texts, batch_size=batch_size, instruction=instruction, show_progress_bar=progress)
     if instruction:
         raise UserError(f"--instruction: {path} is not an llm2comp export, which alone knows its instruction template")
     if os.path.exists(os.path.join(path, "modules.json")):
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
-        return lambda texts: st.encode(texts, batch_size=batch_size, convert_to_numpy=True).astype(np.float32)
+        return lambda texts: st.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                                       show_progress_bar=progress).astype(np.float32)
     if os.path.exists(os.path.join(path, "config.json")):
         if pooling not in POOLINGS:
             raise UserError(f"--model {path} is a plain causal LM: choose --pooling {'|'.join(POOLINGS)}")
-        return PooledLM(path, pooling).encoder(batch_size)
+        return PooledLM(path, pooling).encoder(batch_size, progress)
     raise UserError(f"--model {path}: neither an llm2comp export, a sentence-transformers folder nor a HF model")
 
 
@@ -68,14 +70,16 @@ class PooledLM:
         return encode(self.model.get_decoder(), self.model.get_input_embeddings(), self.memory, self.prefix, self.pad,
                       ids, lengths, self.pooling, bidirectional=self.pooling == "memory")
 
-    def encoder(self, batch_size: int):
+    def encoder(self, batch_size: int, progress: bool = False):
+        from tqdm import tqdm
+
         from ..data.padding import pad_right
 
         def encode(texts: list[str]) -> np.ndarray:
             ids = [x[:512] or [self.pad] for x in self.tok(texts, add_special_tokens=False)["input_ids"]]
             order = np.argsort([-len(x) for x in ids], kind="stable")
             out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
-            for s in range(0, len(order), batch_size):
+            for s in tqdm(range(0, len(order), batch_size), disable=not progress, unit="batch"):
                 rows = order[s : s + batch_size]
                 batch, lengths = pad_right([ids[i] for i in rows], self.pad)
                 out[rows] = self.embed(batch.to(self.device), lengths.to(self.device)).float().cpu().numpy()

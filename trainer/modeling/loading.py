@@ -14,15 +14,21 @@ TESTED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_model_path(path: str) -> str:
-    """A local folder, or a model-store name such as ``smollm2-135m`` (pulled on first use)."""
+def resolve_model_path(path: str, what: str = "model.path") -> str:
+    """A local folder; a model-store name such as ``smollm2-135m`` (pulled on first use); or a Hugging Face
+    Hub id (``meta-llama/Llama-2-7b-chat-hf``), through the Hub's cache (``data_prep/hub.py``)."""
     if os.path.isdir(path):
         return path
+    from data_prep.hub import hub_snapshot, looks_like_hub_id
+
     from ..model_store import MODELS, pull
 
     if path in MODELS:
         return str(pull(path))
-    raise UserError(f"model.path {path!r}: not a local folder nor a known model ({', '.join(sorted(MODELS))})")
+    if looks_like_hub_id(path):
+        return hub_snapshot(path, what)
+    raise UserError(f"{what} {path!r}: not a local folder, a model-store name ({', '.join(sorted(MODELS))}) "
+                    "nor a Hugging Face Hub id (org/name)")
 
 
 def load_config(path: str, overrides: Optional[dict] = None):
