@@ -5,6 +5,8 @@ import gzip
 import json
 import os
 import random
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,3 +118,119 @@ def env_with_root() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+# -- running the CLI under torchrun, and the runs several test modules share (session-scoped: made once) ---
+RECIPE = ROOT / "launch" / "recipes" / "tiny-cpu-pretrain.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, *overrides, wait=True, env_extra=None):
+    """`torchrun --nproc-per-node N -m trainer.cli pretrain --config tiny-cpu-pretrain.yaml ...`"""
+    env = env_with_root()
+    env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})})
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+           "-m", "trainer.cli", "pretrain", "--config", str(RECIPE),
+           f"train.deepspeed={ROOT / 'ds_configs' / 'zero2.json'}", "train.progress=false", *map(str, overrides)]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    w = load_file(run_dir / "final" / "adapter" / "adapter_model.safetensors")
+    w["memory"] = load_file(run_dir / "final" / "memory.safetensors")["memory"]
+    return w
+
+
+RECIPES = ROOT / "launch" / "recipes"
+
+
+def cli_env():
+    env = env_with_root()
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def contrast(nproc, recipe, *overrides, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+           "-m", "trainer.cli", "contrast", "--config", str(recipe), "train.progress=false", *map(str, overrides)]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+
+
+def prep(*args):
+    from trainer.cli import main
+
+    assert main(["prep", *map(str, args), "--workers", "1", "--no-progress"]) == 0
+
+
+@pytest.fixture(scope="session")
+def compression_data(tmp_path_factory, smollm2_tokenizer):
+    from trainer.cli import main
+
+    d = tmp_path_factory.mktemp("pretrain_data")
+    src = write_jsonl(d / "docs.jsonl", make_docs(60, seed=13, lengths=(40, 90)))
+    assert main(["prep", "compression", "--input", str(src), "--tokenizer", smollm2_tokenizer, "--output",
+                 str(d / "shards"), "--max-tokens", "64", "--workers", "1", "--no-progress"]) == 0
+    return d / "shards"
+
+
+@pytest.fixture(scope="session")
+def sentences(tmp_path_factory, smollm2_tokenizer):
+    d = tmp_path_factory.mktemp("sentences")
+    docs = make_docs(64, seed=21, lengths=(6, 12, 20))
+    (d / "s.txt").write_text("\n".join(x["text"] for x in docs) + "\n")
+    prep("sentences", "--input", d / "s.txt", "--tokenizer", smollm2_tokenizer, "--output", d / "shards", "--max-tokens", "32")
+    return d / "shards"
+
+
+@pytest.fixture(scope="session")
+def pairs(tmp_path_factory, smollm2_tokenizer):
+    d = tmp_path_factory.mktemp("pairs")
+    docs = make_docs(96, seed=22, lengths=(5, 9, 14))
+    rows = [{"query": docs[i]["text"], "positive": docs[i + 1]["text"], "negatives": [docs[i + 2]["text"]],
+             "source": f"src{i % 2}"} for i in range(0, 96, 3)]
+    write_jsonl(d / "p.jsonl", rows)
+    prep("pairs", "--input", d / "p.jsonl", "--tokenizer", smollm2_tokenizer, "--output", d / "shards",
+         "--max-tokens", "32", "--instruction", "Find the continuation")
+    return d / "shards"
+
+
+@pytest.fixture(scope="session")
+def stage1_run(tmp_path_factory, smollm2_tokenizer):
+    d = tmp_path_factory.mktemp("stage1")
+    src = write_jsonl(d / "docs.jsonl", make_docs(24, seed=5, lengths=(40, 80)))
+    prep("compression", "--input", src, "--tokenizer", smollm2_tokenizer, "--output", d / "shards", "--max-tokens", "64")
+    r = launch(1, f"data={d / 'shards'}", f"output_dir={d / 'run'}", "max_steps=3", "train.micro_batch=4")
+    assert r.returncode == 0, r.stdout[-3000:]
+    return d / "run"
+
+
+@pytest.fixture(scope="session")
+def ucl_run(tmp_path_factory, sentences, stage1_run):
+    d = tmp_path_factory.mktemp("ucl_run")
+    r = contrast(1, RECIPES / "tiny-cpu-ucl.yaml", f"data={sentences}", f"init_from={stage1_run}",
+                 f"output_dir={d}", "max_steps=3")
+    assert r.returncode == 0, r.stdout[-3000:]
+    return d
+
+

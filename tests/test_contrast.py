@@ -1,7 +1,6 @@
 """Stages 2 and 3 on CPU: cached gradients across 2 ranks under ZeRO-2/3 equal a single-process uncached
 full-batch computation (dropout on); negatives cross ranks; chaining; resume; bad inputs."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,64 +10,9 @@ import psutil
 import pytest
 import torch
 
-from conftest import ROOT, env_with_root, make_docs, write_jsonl
-from test_pretrain import free_port, launch as launch_pretrain, losses, final_weights
+from conftest import RECIPES, ROOT, cli_env, contrast, final_weights, free_port, losses
 
-RECIPES = ROOT / "launch" / "recipes"
 DRIVER = ROOT / "tests" / "drivers" / "contrast_grads.py"
-
-
-def cli_env():
-    env = env_with_root()
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return env
-
-
-def contrast(nproc, recipe, *overrides, wait=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
-           "-m", "trainer.cli", "contrast", "--config", str(recipe), "train.progress=false", *map(str, overrides)]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
-
-
-def prep(*args):
-    from trainer.cli import main
-
-    assert main(["prep", *map(str, args), "--workers", "1", "--no-progress"]) == 0
-
-
-@pytest.fixture(scope="session")
-def sentences(tmp_path_factory, smollm2_tokenizer):
-    d = tmp_path_factory.mktemp("sentences")
-    docs = make_docs(64, seed=21, lengths=(6, 12, 20))
-    (d / "s.txt").write_text("\n".join(x["text"] for x in docs) + "\n")
-    prep("sentences", "--input", d / "s.txt", "--tokenizer", smollm2_tokenizer, "--output", d / "shards", "--max-tokens", "32")
-    return d / "shards"
-
-
-@pytest.fixture(scope="session")
-def pairs(tmp_path_factory, smollm2_tokenizer):
-    d = tmp_path_factory.mktemp("pairs")
-    docs = make_docs(96, seed=22, lengths=(5, 9, 14))
-    rows = [{"query": docs[i]["text"], "positive": docs[i + 1]["text"], "negatives": [docs[i + 2]["text"]],
-             "source": f"src{i % 2}"} for i in range(0, 96, 3)]
-    write_jsonl(d / "p.jsonl", rows)
-    prep("pairs", "--input", d / "p.jsonl", "--tokenizer", smollm2_tokenizer, "--output", d / "shards",
-         "--max-tokens", "32", "--instruction", "Find the continuation")
-    return d / "shards"
-
-
-@pytest.fixture(scope="session")
-def stage1_run(tmp_path_factory, smollm2_tokenizer):
-    d = tmp_path_factory.mktemp("stage1")
-    src = write_jsonl(d / "docs.jsonl", make_docs(24, seed=5, lengths=(40, 80)))
-    prep("compression", "--input", src, "--tokenizer", smollm2_tokenizer, "--output", d / "shards", "--max-tokens", "64")
-    r = launch_pretrain(1, f"data={d / 'shards'}", f"output_dir={d / 'run'}", "max_steps=3", "train.micro_batch=4")
-    assert r.returncode == 0, r.stdout[-3000:]
-    return d / "run"
-
 
 def grad_driver(tmp_path, mode, name, recipe, *overrides, nproc=2, env_extra=None):
     env = {**cli_env(), **(env_extra or {})}

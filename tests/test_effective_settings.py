@@ -3,8 +3,6 @@ family, the row-seeded attention computes what each model's own attention comput
 sliding windows included), the guard stops a model whose modules disagree with the recipe, attention
 implementations are chosen per model, and the bidirectionality self-check catches a causal encoder."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,8 +14,8 @@ from trainer.modeling import row_dropout
 from trainer.modeling.adapters import LoraSettings
 from trainer.modeling.attention import resolve_attention, run_decoder
 from trainer.modeling.dropout import attention_modules, enable_row_seeded_dropout
-from trainer.modeling.effective import SettingsMismatch, expected_for, read_effective, verify
-from trainer.modeling.probe import NotBidirectional, check_bidirectional
+from trainer.modeling.effective import SettingsMismatch, expected_for, verify
+from trainer.modeling.probe import NotBidirectional
 from trainer.modeling.settings import ModelSettings
 
 

@@ -2,7 +2,6 @@
 scored (the others named in one line each), with the same Spearman as `eval sts`; instructions reach the
 model; two ranks give the same scores as one; all-MiniLM-L6-v2 reproduces its published STS-B figure."""
 import json
-import os
 import subprocess
 import sys
 
@@ -10,9 +9,7 @@ import pytest
 
 from conftest import ROOT, env_with_root, make_docs, shared
 from mteb_cache import prefill, stsb_columns
-from test_contrast import sentences, stage1_run  # noqa: F401 (fixtures)
-from test_export import ucl_run  # noqa: F401 (fixture)
-from test_pretrain import free_port
+from conftest import free_port
 
 STSB = ("mteb/stsbenchmark-sts", "b0fddb56ed78048fa8b90373c8a3cfc37b684831")
 

@@ -4,20 +4,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
-from conftest import ROOT, make_docs
-from test_contrast import RECIPES, cli_env, contrast, sentences, stage1_run, pairs  # noqa: F401 (fixtures)
-
-
-@pytest.fixture(scope="session")
-def ucl_run(tmp_path_factory, sentences, stage1_run):
-    d = tmp_path_factory.mktemp("ucl_run")
-    r = contrast(1, RECIPES / "tiny-cpu-ucl.yaml", f"data={sentences}", f"init_from={stage1_run}",
-                 f"output_dir={d}", "max_steps=3")
-    assert r.returncode == 0, r.stdout[-3000:]
-    return d
+from conftest import RECIPES, ROOT, cli_env, contrast, make_docs
 
 
 def training_time_encoder(run):
@@ -121,7 +110,7 @@ def test_export_takes_template_and_length_from_the_runs(tmp_path, ucl_run, smoll
     """A stage 3 on pairs made with another instruction template and length: the export formats queries
     with that template, cuts at that length, and `eval sts --instruction` reaches the model."""
     from conftest import write_jsonl
-    from test_contrast import prep
+    from conftest import prep
     from trainer.cli import main
     from trainer.encoder import Encoder
 

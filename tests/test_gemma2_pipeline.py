@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_docs, write_jsonl
-from test_contrast import RECIPES, cli_env, contrast, pairs, prep, sentences  # noqa: F401 (fixtures)
-from test_pretrain import launch
+from conftest import RECIPES, cli_env, contrast, launch, prep
 
 
 @pytest.fixture(scope="module")

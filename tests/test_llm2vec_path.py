@@ -2,16 +2,12 @@
 last pooling through stages 2-3, export, `Encoder` and sentence-transformers; resume is exact (masks are
 drawn from row seeds); bad mask tokens are one-line errors."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, make_docs, write_jsonl
-from test_contrast import RECIPES, cli_env, contrast, pairs, prep, sentences  # noqa: F401 (fixtures)
-from test_pretrain import launch, losses
+from conftest import RECIPES, contrast, launch, losses, make_docs, prep, write_jsonl
 
 
 @pytest.fixture(scope="module")

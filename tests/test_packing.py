@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from test_pretrain import compression_data  # noqa: F401 (fixture)
 from tiny_models import FAMILIES, VOCAB, random_batch, tiny_compressor
 from trainer.engine.gradcache import Rows, encode, first_pass, loss_and_row_gradients, replay
 from trainer.modeling import packing, row_dropout
@@ -166,7 +165,7 @@ def test_a_rank_takes_the_gpu_it_can_see():
 def test_training_with_packing_matches_padded_step_by_step_and_resumes_exactly(tmp_path, compression_data):
     """data.packing changes the layout, not the samples: the losses of a packed run equal the padded run's at
     every step; a packed run continued from a checkpoint equals the uninterrupted packed run."""
-    from test_pretrain import launch, losses
+    from conftest import launch, losses
 
     common = [f"data={compression_data}", "train.micro_batch=3", "optim.schedule=constant", "optim.warmup_ratio=0",
               "train.save_every=2", "data.max_tokens_per_row=128"]

@@ -3,7 +3,6 @@ gradient checkpointing, non-finite guard, and clear errors for bad configs and d
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,56 +10,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from safetensors.torch import load_file
 
-from conftest import ROOT, env_with_root, make_docs, write_jsonl
-
-RECIPE = ROOT / "launch" / "recipes" / "tiny-cpu-pretrain.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(nproc: int, *overrides, wait=True, env_extra=None):
-    """`torchrun --nproc-per-node N -m trainer.cli pretrain --config tiny-cpu-pretrain.yaml ...`"""
-    env = env_with_root()
-    env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})})
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
-           "-m", "trainer.cli", "pretrain", "--config", str(RECIPE),
-           f"train.deepspeed={ROOT / 'ds_configs' / 'zero2.json'}", "train.progress=false", *map(str, overrides)]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
-    return out
-
-
-def final_weights(run_dir: Path) -> dict:
-    w = load_file(run_dir / "final" / "adapter" / "adapter_model.safetensors")
-    w["memory"] = load_file(run_dir / "final" / "memory.safetensors")["memory"]
-    return w
-
-
-@pytest.fixture(scope="session")
-def compression_data(tmp_path_factory, smollm2_tokenizer):
-    from trainer.cli import main
-
-    d = tmp_path_factory.mktemp("pretrain_data")
-    src = write_jsonl(d / "docs.jsonl", make_docs(60, seed=13, lengths=(40, 90)))
-    assert main(["prep", "compression", "--input", str(src), "--tokenizer", smollm2_tokenizer, "--output",
-                 str(d / "shards"), "--max-tokens", "64", "--workers", "1", "--no-progress"]) == 0
-    return d / "shards"
-
+from conftest import RECIPE, ROOT, env_with_root, final_weights, launch, losses, make_docs, write_jsonl  # noqa: F401
 
 @pytest.fixture(scope="session")
 def overfit_data(tmp_path_factory, smollm2_tokenizer):

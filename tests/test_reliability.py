@@ -12,36 +12,46 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from test_pretrain import compression_data, launch, losses  # noqa: F401  (fixture)
+from conftest import launch, losses
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 20 MiB tmpfs: room for one checkpoint of the tiny model (13 MiB), not two."""
-    mnt = tmp_path / "disk"
+def mount_tmpfs(mnt: Path, size_bytes: int) -> None:
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    kib = max(64, size_bytes // 1024)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_during_a_checkpoint_loses_no_completed_work(tmp_path, small_disk, compression_data):
-    run = small_disk / "run"
-    r = launch(2, f"data={compression_data}", f"output_dir={run}", "max_steps=12", "train.save_every=4")
-    assert r.returncode != 0
-    err = [line for line in r.stderr.splitlines() if "could not write checkpoint" in line]
-    assert err and "No space left on device" in err[0] and "step-00000008" in err[0], r.stderr[-3000:]
-    assert "newest complete one" in err[0] and "step-00000004" in err[0]
-    ckpts = run / "checkpoints"
-    assert (ckpts / "latest").read_text().strip() == "step-00000004" and (ckpts / "step-00000004" / "COMPLETE").exists()
-    assert not (ckpts / "step-00000008" / "COMPLETE").exists()
+def tree_size(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
-    # Space freed (here: the run moved to a bigger disk), the same command resumes from the complete checkpoint.
-    moved = tmp_path / "run"
-    subprocess.run(["cp", "-a", str(run), str(moved)], check=True)
-    r = launch(2, f"data={compression_data}", f"output_dir={moved}", "max_steps=12", "train.save_every=4")
+
+def test_disk_full_during_a_checkpoint_loses_no_completed_work(tmp_path, compression_data):
+    common = [f"data={compression_data}", "max_steps=12", "train.save_every=4"]
+    # A disk with room for the run's files and one checkpoint, not two: sized from a 4-step probe run.
+    probe = tmp_path / "probe"
+    assert launch(2, f"data={compression_data}", f"output_dir={probe}", "max_steps=4", "train.save_every=4").returncode == 0
+    ckpt = tree_size(probe / "checkpoints" / "step-00000004")
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, tree_size(probe) - tree_size(probe / "final") + ckpt // 2)
+    try:
+        run = disk / "run"
+        r = launch(2, *common, f"output_dir={run}")
+        assert r.returncode != 0
+        err = [line for line in r.stderr.splitlines() if "could not write checkpoint" in line]
+        assert err and "No space left on device" in err[0] and "step-00000008" in err[0], r.stderr[-3000:]
+        assert "newest complete one" in err[0] and "step-00000004" in err[0]
+        ckpts = run / "checkpoints"
+        assert (ckpts / "latest").read_text().strip() == "step-00000004" and (ckpts / "step-00000004" / "COMPLETE").exists()
+        assert not (ckpts / "step-00000008" / "COMPLETE").exists()
+
+        # Space freed (here: the run moved to a bigger disk), the same command resumes from the complete checkpoint.
+        moved = tmp_path / "run"
+        subprocess.run(["cp", "-a", str(run), str(moved)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    r = launch(2, *common, f"output_dir={moved}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from {moved}/checkpoints/step-00000004 at step 4" in r.stdout
     assert sorted(losses(moved)) == list(range(1, 13))

@@ -22,8 +22,7 @@ import pytest
 import torch
 
 from conftest import ROOT, make_docs, write_jsonl
-from test_contrast import prep
-from test_pretrain import final_weights, losses
+from conftest import final_weights, losses, prep
 
 import slurm_cluster
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from conftest import make_docs, write_jsonl
-from test_contrast import RECIPES, contrast, prep, sentences, stage1_run  # noqa: F401 (fixtures)
-from test_export import ucl_run  # noqa: F401 (fixture)
+from conftest import RECIPES, contrast, prep
 
 INSTRUCTION = "Find the sentence that follows"
 
@@ -29,7 +28,7 @@ def scl_run(tmp_path_factory, ucl_run, smollm2_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, scl_run, tmp_path_factory_results=None):
+def exports(tmp_path_factory, scl_run):
     from trainer.cli import main
 
     d = tmp_path_factory.mktemp("st_exports")
