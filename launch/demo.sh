@@ -5,7 +5,7 @@
 set -euo pipefail
 DATA=${1:-../shared/data}
 OUT=${2:-demo_out}
-STEPS=${DEMO_STEPS:-}            # optimizer steps per stage (default: the demo recipes', 20 / 20 / 40)
+STEPS=${DEMO_STEPS:-}            # optimizer steps per stage (default: the demo recipes', 20 / 20 / 80)
 SEED=${DEMO_SEED:-0}
 STS_PAIRS=${DEMO_STS_PAIRS:-300} # STS-B test pairs scored (all 1,379 take a few minutes per model on CPU)
 LLM2COMP=${LLM2COMP:-.venv/bin/llm2comp}

@@ -88,7 +88,7 @@ def baselines(rows: list[dict]) -> str:
 
 
 def stage1_and_choice(rows: list[dict]) -> str:
-    lines = ["| variant | stage | seed | STS-B dev | final training loss | steps × samples | wall time (s) |",
+    lines = ["| variant | stage | seed | STS-B dev | final training loss | steps × batch | wall time (s) |",
              "|---|---|---:|---:|---:|---|---:|"]
     for r in sorted((r for r in rows if r["stage"] == "stage1" or r["stage"].startswith("stage3")),
                     key=lambda r: (ORDER.index(r["variant"]), r["stage"], r["seed"])):

@@ -49,8 +49,9 @@ def model_for(path: str, instructions_file: Optional[str], batch_size: int, worl
     """(the mteb model, a description) for an llm2comp export or a sentence-transformers folder."""
     from ..encoder import CONFIG, Encoder
 
-    if not os.path.isdir(path):
-        raise UserError(f"--model {path}: no such directory")
+    from .models import local_model
+
+    path = local_model(path)
     if os.path.exists(os.path.join(path, CONFIG)):
         from .mteb_model import load_instructions, make_model
 

@@ -20,22 +20,14 @@ SHIPPED_INSTRUCTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 
 
 def load_instructions(path: Optional[str] = None) -> dict[str, str]:
-    """The shipped task -> instruction table, overridden entry by entry by ``path`` (a JSON object)."""
-    from data_prep.errors import UserError
+    """The shipped task -> instruction table, overridden entry by entry by ``path`` (a JSON object, the
+    format of ``prep pairs --instructions``)."""
+    from data_prep.cli import load_instructions as read_table
 
     with open(SHIPPED_INSTRUCTIONS) as fh:
         table = json.load(fh)
     if path:
-        try:
-            with open(path) as fh:
-                user = json.load(fh)
-        except OSError as e:
-            raise UserError(f"--instructions {path}: {e.strerror or e}") from None
-        except ValueError as e:
-            raise UserError(f"--instructions {path}: not valid JSON ({e})") from None
-        if not isinstance(user, dict) or not all(isinstance(v, str) for v in user.values()):
-            raise UserError(f"--instructions {path}: expected a JSON object of task name -> instruction")
-        table.update(user)
+        table.update(read_table(path))
     return table
 
 
