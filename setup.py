@@ -22,7 +22,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["trainer", "trainer.*", "data_prep", "data_prep.*"]),
-    package_data={"trainer.evaluation": ["instructions.json"]},
+    package_data={"trainer.serving.evaluation": ["instructions.json"]},
     # Ranges, not pins: constraints.txt pins the tested set (make install uses it). The floors are the
     # versions the test suite has passed on: older DeepSpeed crashes with PEFT + ZeRO-3 + non-reentrant
     # checkpointing and cast buffers such as RoPE's inv_freq to bf16; older transformers merge a per-call

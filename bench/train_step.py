@@ -11,7 +11,7 @@ Stages (``--stage``):
 * ``ucl`` / ``scl``: ``ContrastTask.loss`` / ``ContrastTask.update``: gradient caching in ``--chunk`` rows
   (``trainer/engine/gradcache.py``), row-seeded dropout, InfoNCE; attention dropout 0.2 for ucl, 0 for scl.
 * ``encode``: the encoder forward without grad (``Compressor.embed_texts``), texts/s over a length mix,
-  length-sorted batches (longest first, as ``trainer/encoder.py:Encoder.encode`` does) against the same texts
+  length-sorted batches (longest first, as ``trainer/serving/encoder.py:Encoder.encode`` does) against the same texts
   in arbitrary order, each batch padded to its longest text.
 
 The stage methods talk to a DeepSpeed-like engine; here ``PlainEngine`` is that engine on plain torch (AdamW

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer.analyze import analyze, read_input
+from trainer.serving.analyze import analyze, read_input
 
 
 def test_effective_rank_counts_the_dimensions_in_use():

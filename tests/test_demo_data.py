@@ -39,7 +39,7 @@ def fake_hub(calls):
 
 def test_hub_fallback_writes_valid_prep_inputs_and_sts_files(tmp_path, smollm2_tokenizer):
     from trainer.cli import main
-    from trainer.evaluation.sts import find_sets
+    from trainer.serving.evaluation.sts import find_sets
 
     out = tmp_path / "demo"
     (out / "samples").mkdir(parents=True)

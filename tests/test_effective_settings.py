@@ -185,8 +185,8 @@ def test_bidirectionality_check_catches_an_attention_that_ignores_the_switch(alw
 
 
 def test_a_causal_encoder_is_refused_at_load(tmp_path, monkeypatch):
-    import trainer.encoder as encoder_module
-    from trainer.encoder import Encoder
+    import trainer.serving.encoder as encoder_module
+    from trainer.serving.encoder import Encoder
 
     comp = tiny_compressor("llama")
     base = comp.model.get_base_model()

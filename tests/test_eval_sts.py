@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from conftest import shared
-from trainer.evaluation.sts import evaluate, find_sets
+from trainer.serving.evaluation.sts import evaluate, find_sets
 
 
 @pytest.fixture

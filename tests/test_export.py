@@ -30,7 +30,7 @@ def training_time_encoder(run):
 def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm2_tokenizer):
     from trainer.cli import main
     from trainer.data.padding import pad_right
-    from trainer.encoder import Encoder
+    from trainer.serving.encoder import Encoder
 
     assert main(["export", "--run", str(ucl_run), "--output", str(tmp_path / "exp")]) == 0
     config = json.loads((tmp_path / "exp" / "llm2comp_config.json").read_text())
@@ -112,7 +112,7 @@ def test_export_takes_template_and_length_from_the_runs(tmp_path, ucl_run, smoll
     from conftest import write_jsonl
     from conftest import prep
     from trainer.cli import main
-    from trainer.encoder import Encoder
+    from trainer.serving.encoder import Encoder
 
     docs = make_docs(48, seed=41, lengths=(5, 9, 14))
     rows = [{"query": docs[i]["text"], "positive": docs[i + 1]["text"], "negatives": [docs[i + 2]["text"]]}

@@ -62,7 +62,7 @@ def test_gemma2_through_every_stage_on_auto_attention(tmp_path, gemma2_dir, sent
     assert s3.returncode == 0, s3.stdout[-3000:]
 
     from trainer.cli import main
-    from trainer.encoder import Encoder
+    from trainer.serving.encoder import Encoder
 
     assert main(["export", "--run", str(tmp_path / "s3"), "--output", str(tmp_path / "exp")]) == 0
     config = json.loads((tmp_path / "exp" / "llm2comp_config.json").read_text())

@@ -78,7 +78,7 @@ def test_mean_pooling_through_every_stage_export_and_sentence_transformers(tmp_p
     from test_export import training_time_encoder
     from trainer.cli import main
     from trainer.data.padding import pad_right
-    from trainer.encoder import Encoder
+    from trainer.serving.encoder import Encoder
 
     assert main(["export", "--run", str(tmp_path / "scl"), "--output", str(tmp_path / "exp")]) == 0
     config = json.loads((tmp_path / "exp" / "llm2comp_config.json").read_text())

@@ -57,7 +57,7 @@ def test_the_export_carries_card_prompts_and_length(exports):
 def test_sentence_transformers_save_writes_a_copy_that_loads_again(exports, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from trainer.encoder import Encoder
+    from trainer.serving.encoder import Encoder
 
     st = SentenceTransformer(str(exports / "merged"), device="cpu", trust_remote_code=True)
     assert st.max_seq_length == 64 and st.similarity_fn_name == "cosine"
@@ -77,7 +77,7 @@ def test_sentence_transformers_save_writes_a_copy_that_loads_again(exports, tmp_
 
 
 def test_encode_takes_the_sentence_transformers_arguments(exports):
-    from trainer.encoder import Encoder
+    from trainer.serving.encoder import Encoder
 
     enc = Encoder.from_pretrained(str(exports / "merged"))
     plain = enc.encode(TEXTS, batch_size=4)
@@ -104,8 +104,8 @@ def test_encode_takes_the_sentence_transformers_arguments(exports):
 def test_adapter_only_export_equals_the_merged_one(exports):
     from sentence_transformers import SentenceTransformer
 
-    from trainer.encoder import Encoder
-    from trainer.export import size_mb
+    from trainer.serving.encoder import Encoder
+    from trainer.serving.export import size_mb
 
     merged, adapters = exports / "merged", exports / "adapters"
     config = json.loads((adapters / "llm2comp_config.json").read_text())

@@ -31,7 +31,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def pooling_of(config: dict) -> str:
     """The export's pooling (exports before pooling was a setting describe memory pooling in words)."""
-    from .modeling.pooling import POOLINGS
+    from ..modeling.pooling import POOLINGS
 
     pooling = config.get("pooling", "memory")
     return pooling if pooling in POOLINGS else "memory"
@@ -40,7 +40,7 @@ def pooling_of(config: dict) -> str:
 def load_attention(model_config, trained: Optional[str], device: str) -> str:
     """What training used where this machine and model can run it, else the best the model supports here
     (a model trained with flash-attn on a GPU is encoded with SDPA or eager on a CPU)."""
-    from .modeling.attention import resolve_attention, supported_attention
+    from ..modeling.attention import resolve_attention, supported_attention
 
     if trained == "flash_attention_2" and not device.startswith("cuda"):
         trained = None
@@ -83,7 +83,7 @@ def load_export(path: str, device: str, dtype=None, base_model: Optional[str] = 
     if config.get("adapter_only"):
         from peft import PeftModel
 
-        from .modeling.loading import load_causal_lm, load_config, resolve_model_path
+        from ..modeling.loading import load_causal_lm, load_config, resolve_model_path
 
         base = config["base_model"]
         name = base_model or base["name"]
@@ -95,7 +95,7 @@ def load_export(path: str, device: str, dtype=None, base_model: Optional[str] = 
         for adapter in config["adapters"]:
             model = PeftModel.from_pretrained(model, os.path.join(path, adapter)).merge_and_unload()
     else:
-        from .modeling.loading import load_config
+        from ..modeling.loading import load_config
 
         attention = load_attention(load_config(path), config.get("trained_attention"), device)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attention, **on_device)
@@ -131,7 +131,7 @@ class Encoder:
                         base_model: Optional[str] = None) -> "Encoder":
         """``dtype``: auto (bf16 on a GPU, fp32 on a CPU), float32, bfloat16 or a torch dtype; ``base_model``:
         for an adapter-only export, where its base is (default: the name the export records)."""
-        from .modeling.probe import check_bidirectional
+        from ..modeling.probe import check_bidirectional
 
         if not os.path.isdir(path):  # an export published on the Hub
             from data_prep.hub import hub_snapshot, looks_like_hub_id
@@ -181,8 +181,8 @@ class Encoder:
         padding at all). ``convert_to_tensor``: a torch tensor on the encoder's device, else numpy."""
         from tqdm import tqdm
 
-        from .data.padding import pad_right
-        from .modeling.pooling import encode
+        from ..data.padding import pad_right
+        from ..modeling.pooling import encode
 
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)

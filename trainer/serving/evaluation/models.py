@@ -57,12 +57,12 @@ class PooledLM:
         from data_prep.tokenizer import load_tokenizer, tokenizer_identity
         from transformers import AutoModelForCausalLM
 
-        from ..modeling.memory import initial_memory
+        from ...modeling.memory import initial_memory
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        from ..modeling.attention import resolve_attention
-        from ..modeling.loading import load_config
+        from ...modeling.attention import resolve_attention
+        from ...modeling.loading import load_config
 
         attention = resolve_attention("auto", load_config(path))
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention).to(self.device).eval()
@@ -75,7 +75,7 @@ class PooledLM:
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        from ..modeling.pooling import encode
+        from ...modeling.pooling import encode
 
         # mean / last: causal, as the LM was trained; memory: the LLM2Comp encoding (bidirectional).
         return encode(self.model.get_decoder(), self.model.get_input_embeddings(), self.memory, self.prefix, self.pad,
@@ -84,7 +84,7 @@ class PooledLM:
     def encoder(self, batch_size: int, progress: bool = False):
         from tqdm import tqdm
 
-        from ..data.padding import pad_right
+        from ...data.padding import pad_right
 
         def encode(texts: list[str]) -> np.ndarray:
             ids = [x[:512] or [self.pad] for x in self.tok(texts, add_special_tokens=False)["input_ids"]]

@@ -14,9 +14,9 @@ from typing import Optional
 
 from data_prep.errors import UserError
 
-from .artifacts import FINAL, read_run, read_run_info
+from ..artifacts import FINAL, read_run, read_run_info
 from .encoder import CONFIG, FORMAT_VERSION, ST_CONFIG
-from .modeling.row_dropout import ATTENTION_NAME as ROW_DROPOUT
+from ..modeling.row_dropout import ATTENTION_NAME as ROW_DROPOUT
 
 DEFAULT_TEMPLATE = "{instruction}: {query}"  # `llm2comp prep pairs`'s default
 DEFAULT_MAX_LENGTH = 512
@@ -97,9 +97,9 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
 
     from data_prep import __version__ as version
     from . import model_card
-    from .modeling.build import model_tokenizer
-    from .modeling.loading import load_causal_lm
-    from .modeling.settings import ModelSettings
+    from ..modeling.build import model_tokenizer
+    from ..modeling.loading import load_causal_lm
+    from ..modeling.settings import ModelSettings
 
     lineage, memory = read_run(run_dir)
     final = run_dir if os.path.exists(os.path.join(run_dir, "lineage.json")) else os.path.join(run_dir, FINAL)
@@ -125,7 +125,7 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
             _write_json(cfg_path, adapter_cfg)
             adapters.append(rel)
         hidden = memory.shape[1] if memory is not None else None
-        from .modeling.loading import load_config
+        from ..modeling.loading import load_config
 
         hidden = hidden or load_config(base["path"], base["config_overrides"]).get_text_config().hidden_size
         weights_dtype = {"float32": "float32", "bfloat16": "bfloat16"}.get(model_dtype, "float32")
@@ -168,7 +168,7 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
     _write_json(os.path.join(output, CONFIG), config)
     # sentence-transformers loads the directory through this module (llm2comp must be installed).
     _write_json(os.path.join(output, "modules.json"),
-                [{"idx": 0, "name": "0", "path": "", "type": "trainer.st_module.LLM2CompModule"}])
+                [{"idx": 0, "name": "0", "path": "", "type": "trainer.serving.st_module.LLM2CompModule"}])
     _write_json(os.path.join(output, ST_CONFIG), _st_config(prompts))
     _write_json(os.path.join(output, "sentence_bert_config.json"),
                 {"max_seq_length": text["max_length"], "do_lower_case": False})

@@ -80,7 +80,7 @@ class LLM2CompModule(nn.Module):
         return int(self.model.config.get_text_config().hidden_size)
 
     def tokenize(self, texts, **_: Any) -> dict:
-        from .data.padding import pad_right
+        from ..data.padding import pad_right
 
         texts = [t if isinstance(t, str) else " ".join(t) for t in texts]
         ids = [x[: self.max_seq_length] or [self.pad_id]
@@ -89,7 +89,7 @@ class LLM2CompModule(nn.Module):
         return {"input_ids": input_ids, "lengths": lengths}
 
     def forward(self, features: dict, **_: Any) -> dict:
-        from .modeling.pooling import encode
+        from ..modeling.pooling import encode
 
         features["sentence_embedding"] = encode(self.model.get_decoder(), self.model.get_input_embeddings(),
                                                 self.memory, self.prefix_ids, self.pad_id, features["input_ids"],

@@ -4,7 +4,7 @@ Instructions (LLM2Vec / E5 style) are applied with the export's instruction temp
 (``prompt_type`` query; documents get none) and, for symmetric tasks (STS, classification, clustering,
 where mteb passes no prompt type), to every text, as LLM2Vec's and E5's evaluations do. Which instruction
 a task gets: the user's instruction file, else the one shipped with llm2comp
-(``trainer/evaluation/instructions.json``), else the task's own metadata prompt, else mteb's default for
+(``trainer/serving/evaluation/instructions.json``), else the task's own metadata prompt, else mteb's default for
 its task type. Texts are encoded longest first (``Encoder.encode``); under torchrun / srun every rank
 encodes its share of each call's texts and all ranks exchange the embeddings, so rank 0 scores them all.
 """
@@ -32,7 +32,7 @@ def load_instructions(path: Optional[str] = None) -> dict[str, str]:
 
 
 def make_model(encoder, name: str, instructions: dict[str, str], batch_size: int, world=None):
-    """``encoder``: an ``trainer.encoder.Encoder``; ``name``: the model's name in results."""
+    """``encoder``: an ``trainer.serving.Encoder``; ``name``: the model's name in results."""
     from mteb.models import ModelMeta
     from mteb.models.abs_encoder import AbsEncoder
 

@@ -71,12 +71,12 @@ def model_for(path: str, instructions_file: Optional[str], batch_size: int, worl
 
 
 def run(args) -> int:
-    from ..engine.dist import World, world_from_env
+    from ...engine.dist import World, world_from_env
 
     world = world_from_env() if "WORLD_SIZE" in os.environ or "SLURM_NTASKS" in os.environ else World(0, 1, 0)
     say = print if world.main else (lambda *a, **k: None)
     if world.size > 1:
-        from ..engine.dist import init_distributed
+        from ...engine.dist import init_distributed
 
         init_distributed(world)
     if not args.download_only and not args.output:

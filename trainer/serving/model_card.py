@@ -8,7 +8,7 @@ from typing import Optional
 
 def base_license(base_path: Optional[str], name: str) -> str:
     """The base model's licence: the model store's, or the ``license:`` of the base folder's model card."""
-    from .model_store import MODELS
+    from ..model_store import MODELS
 
     if name in MODELS and getattr(MODELS[name], "license", None):
         return MODELS[name].license
@@ -90,7 +90,7 @@ def render(*, name: str, base: str, license: str, config: dict, stages: list[dic
         "documents = model.encode([\"Compression makes data smaller.\"])",
         "print(model.similarity(queries, documents))",
         "",
-        "from trainer.encoder import Encoder  # llm2comp's own API",
+        "from trainer.serving import Encoder  # llm2comp's own API",
         f'enc = Encoder.from_pretrained("{name}")',
         "emb = enc.encode_query([\"what is compression?\"], instruction=\"Retrieve a passage that answers the question\")",
         "```",
