@@ -7,6 +7,9 @@ OUT    ?= demo_out
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # DeepSpeed's optional C++/CUDA ops are built on first use, never at install time.
 export DS_BUILD_OPS := 0
+# ... with the venv's ninja: a system ninja hashes build commands differently, and alternating between the
+# two rebuilds DeepSpeed's JIT ops (~30 s on 2 cores) at every launch.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install test test-all demo bench-prep reproduce-smollm2 clean
 
@@ -26,7 +29,8 @@ demo: install
 	$(VENV)/bin/llm2comp models pull smollm2-135m
 	bash launch/demo.sh "$(DATA)" "$(OUT)"
 
-# The small-scale reproduction of docs/RESULTS.md; PROFILE=cpu (reduced, ~2 h on 2 cores) or full (GPU).
+# The small-scale reproduction of docs/RESULTS.md; PROFILE=cpu (reduced: ~11 h on 2 cores, resumable: it
+# skips what docs/results/ records) or full (GPU).
 PROFILE ?= cpu
 reproduce-smollm2: install
 	$(PY) launch/reproduce_smollm2.py --profile $(PROFILE) --data "$(DATA)"

@@ -29,7 +29,7 @@ $LLM2COMP prep pairs --input "$OUT/samples/pairs.jsonl" --tokenizer "$MODEL" --o
 
 score() {  # score MODEL_DIR NAME [eval args]
   local dir=$1 name=$2; shift 2
-  $LLM2COMP eval sts --model "$dir" --data "$OUT/sts" --output "$OUT/eval/$name.json" "$@" > /dev/null
+  $LLM2COMP eval sts --model "$dir" --data "$OUT/sts" --output "$OUT/eval/$name.json" --no-progress "$@" > /dev/null
 }
 mkdir -p "$OUT/eval"
 echo "== base model, mean pooling"

@@ -15,6 +15,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+
+def pytest_configure(config):
+    # Every process of the suite finds the virtual environment's tools first (torchrun, llm2comp, ninja):
+    # DeepSpeed JIT-builds its CPU shared-memory op at every init, and the venv's ninja (1.13) and a system
+    # ninja (1.11) hash build commands differently, so alternating between them rebuilt it (~30 s) each time.
+    bindir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
     "they you were her she there been one all we their has would when if so no will more what up can out about "

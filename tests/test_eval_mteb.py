@@ -98,3 +98,11 @@ def test_minilm_through_eval_mteb_reproduces_its_published_stsb_score(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     score = json.loads((tmp_path / "out" / "summary.json").read_text())["results"]["STSBenchmark"]["main_score"]
     assert score == pytest.approx(82.03, abs=0.1)
+
+
+def test_eval_sts_no_progress_keeps_stderr_free_of_bars(export_and_data, capfd):
+    d = export_and_data
+    sts_score(d)
+    assert "batch/s" in capfd.readouterr().err  # a bar by default
+    sts_score(d, "--no-progress")
+    assert "batch" not in capfd.readouterr().err

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--instruction", default=None,
                    help="applied to both sentences with the model's instruction template (supervised models)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (logs, scripts)")
     p.set_defaults(func=_lazy("trainer.serving.eval_cli"))
     p = ev.add_parser("mteb", help="MTEB tasks or a benchmark, through the mteb package (offline: cached tasks)")
     p.add_argument("--model", required=True, metavar="DIR", help="llm2comp export or sentence-transformers folder")
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text")
     p.add_argument("--pooling", choices=["mean", "last", "memory"], help="for a plain causal LM")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (logs, scripts)")
     p.set_defaults(func=_lazy("trainer.serving.analyze"))
     model_store.add_arguments(sub.add_parser("models", help="fetch real pretrained models for offline use"))
     return parser

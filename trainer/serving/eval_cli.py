@@ -10,7 +10,7 @@ def run(args) -> int:
     from .evaluation.sts import evaluate, find_sets, markdown
 
     sets = find_sets(args.data, args.stsb_split)
-    encode = load_encoder(args.model, args.pooling, args.batch_size, args.instruction)
+    encode = load_encoder(args.model, args.pooling, args.batch_size, args.instruction, progress=args.progress)
     name = args.model if not args.pooling else f"{args.model} ({args.pooling} pooling)"
     if args.instruction:
         name += f", instruction {args.instruction!r}"
