@@ -171,6 +171,25 @@ def final_weights(run_dir: Path) -> dict:
 RECIPES = ROOT / "launch" / "recipes"
 
 
+def failing_cli_cases(tmp_path, cases: list[list[str]], env: dict | None = None) -> list[dict]:
+    """Run command lines that must fail through tests/drivers/cli_cases.py (one process for all); returns
+    per case {argv, code, stderr}."""
+    spec = tmp_path / "cases.json"
+    spec.write_text(json.dumps([[str(a) for a in c] for c in cases]))
+    out = tmp_path / "cases.out.json"
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "drivers" / "cli_cases.py"), str(spec), str(out)],
+                       cwd=ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def assert_one_line_error(result: dict, needles) -> None:
+    err = [line for line in result["stderr"].splitlines() if "error:" in line]
+    assert result["code"] == 2 and len(err) == 1 and "Traceback" not in result["stderr"], result
+    for n in needles:
+        assert n in err[0], (result["argv"], err[0])
+
+
 def cli_env():
     env = env_with_root()
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import RECIPES, ROOT, cli_env, contrast, final_weights, free_port, losses
+from conftest import assert_one_line_error, failing_cli_cases
 
 DRIVER = ROOT / "tests" / "drivers" / "contrast_grads.py"
 
@@ -30,9 +31,10 @@ def relative_errors(ref: dict, got: dict) -> dict:
     return {k: ((got[k] - r).norm() / r.norm()).item() for k, r in ref.items() if r.norm() > 0}
 
 
+# Each ZeRO stage with each objective once: ZeRO-3 plain (with gradient checkpointing), ZeRO-2 with two
+# accumulated cached batches (ucl) and with packing (scl); a plain ZeRO-2 case adds nothing these miss.
 @pytest.mark.parametrize("zero, kind, accum, packing", [
-    ("zero2", "ucl", 1, False), ("zero3", "ucl", 1, False), ("zero2", "scl", 1, False), ("zero3", "scl", 1, False),
-    ("zero2", "ucl", 2, False), ("zero2", "scl", 1, True)])
+    ("zero3", "ucl", 1, False), ("zero3", "scl", 1, False), ("zero2", "ucl", 2, False), ("zero2", "scl", 1, True)])
 def test_cached_two_rank_gradients_equal_single_process_uncached(tmp_path, sentences, pairs, stage1_run, zero, kind,
                                                                  accum, packing):
     """LoRA dropout and attention dropout on; ZeRO-3 also with gradient checkpointing (the recomputation
@@ -167,14 +169,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path, sentences, pairs):
         (RECIPES / "tiny-cpu-ucl.yaml", [f"data={sentences}", f"init_from={tmp_path}"], ["init.init_from", "lineage.json"]),
         (RECIPES / "tiny-cpu-ucl.yaml", [f"data={sentences}", "chunk=0"], ["chunk >= 1"]),
     ]
-    for recipe, overrides, needles in cases:
-        r = subprocess.run([sys.executable, "-m", "trainer.cli", "contrast", "--config", str(recipe), "train.progress=false",
-                            f"output_dir={tmp_path / 'run'}", *map(str, overrides)],
-                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
-        err = [l for l in r.stderr.splitlines() if "error:" in l]
-        assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, (overrides, r.stderr[-2000:])
-        for n in needles:
-            assert n in err[0], (overrides, err[0])
+    results = failing_cli_cases(tmp_path, [["contrast", "--config", recipe, "train.progress=false",
+                                            f"output_dir={tmp_path / 'run'}", *overrides] for recipe, overrides, _ in cases])
+    for (_, _, needles), result in zip(cases, results):
+        assert_one_line_error(result, needles)
 
 
 def test_attention_dropout_changes_the_first_loss_and_is_recorded(tmp_path, sentences):

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from conftest import RECIPE, ROOT, env_with_root, final_weights, launch, losses, make_docs, write_jsonl  # noqa: F401
+from conftest import assert_one_line_error, failing_cli_cases
 
 @pytest.fixture(scope="session")
 def overfit_data(tmp_path_factory, smollm2_tokenizer):
@@ -160,13 +161,11 @@ def test_bad_configs_and_data_give_one_line_errors(tmp_path, compression_data, a
     (tmp_path / "alien_arch" / "config.json").write_text(json.dumps({"model_type": "no-such-arch"}))
     cases.append(([f"data={compression_data}", f"model={tmp_path / 'alien_arch'}", f"model.tokenizer={smollm2}"],
                   ["alien_arch", "unknown or unreadable architecture"]))
-    for overrides, needles in cases:
-        r = run_single(f"output_dir={tmp_path / 'run'}", *overrides)
-        assert r.returncode == 2, (overrides, r.stdout[-1500:], r.stderr[-1500:])
-        err = [l for l in r.stderr.splitlines() if "error:" in l]
-        assert len(err) == 1 and "Traceback" not in r.stderr, (overrides, r.stderr[-1500:])
-        for n in needles:
-            assert n in err[0], (overrides, err[0])
+    results = failing_cli_cases(tmp_path, [["pretrain", "--config", RECIPE, f"train.deepspeed={ROOT / 'ds_configs' / 'zero2.json'}",
+                                            "train.progress=false", f"output_dir={tmp_path / 'run'}", *overrides]
+                                           for overrides, _ in cases], env=env_with_root())
+    for (_, needles), result in zip(cases, results):
+        assert_one_line_error(result, needles)
 
 
 @pytest.mark.opt_in
