@@ -256,6 +256,10 @@ class Results:
         return all(os.path.exists(self.path(variant, seed, st)) for st in stages)
 
     def write(self, row: dict, stage: str) -> None:
+        """Record a stage once: a chain resumed later (other code, another day) re-reads its finished stages
+        and must not restamp them with its own commit and date."""
+        if os.path.exists(self.path(row["variant"], row.get("seed", 0), stage)):
+            return
         rec = {k: row.get(k) for k in self.KEYS}
         rec.update(stage=stage, stage_label=row.get("stage"), profile=self.profile, commit=commit_id(),
                    date=time.strftime("%Y-%m-%d"))

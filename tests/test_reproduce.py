@@ -79,6 +79,11 @@ def test_results_are_one_file_per_stage_and_later_seeds_use_seed0s_choice(tmp_pa
     trained.clear()
     repro.chain(None, results, "kl", 1, repro.PROFILES["cpu"], {}, "CPU", True, repro.chosen_lr(results, "kl", ()))
     assert trained == ["kl-pretrain-s1", "kl-ucl-s1", "kl-scl-lr3e-4-s1"]
+    # A chain resumed later re-reads its finished stages: their files keep the commit that measured them.
+    stamped = tmp_path / "kl-s1-stage1.json"
+    stamped.write_text(stamped.read_text().replace(f'"commit": "{repro.commit_id()}"', '"commit": "earlier"'))
+    repro.chain(None, results, "kl", 1, repro.PROFILES["cpu"], {}, "CPU", True, ("3e-4",))
+    assert json.loads(stamped.read_text())["commit"] == "earlier"
 
 
 def test_tables_are_generated_from_the_result_files(tmp_path):
