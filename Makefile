@@ -8,8 +8,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # DeepSpeed's optional C++/CUDA ops are built on first use, never at install time.
 export DS_BUILD_OPS := 0
 # ... with the venv's ninja: a system ninja hashes build commands differently, and alternating between the
-# two rebuilds DeepSpeed's JIT ops (~30 s on 2 cores) at every launch.
-export PATH := $(abspath $(VENV))/bin:$(PATH)
+# two rebuilds DeepSpeed's JIT ops (~30 s on 2 cores) at every launch. (Only for the jobs: the install
+# itself must find the system python3.)
+WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
 .PHONY: install test test-all demo bench-prep reproduce-smollm2 clean
 
@@ -23,17 +24,17 @@ $(VENV)/.installed: setup.py constraints.txt
 	touch $@
 
 test: install
-	$(PY) -m pytest -q tests
+	$(WITH_VENV) $(PY) -m pytest -q tests
 
 demo: install
 	$(VENV)/bin/llm2comp models pull smollm2-135m
-	bash launch/demo.sh "$(DATA)" "$(OUT)"
+	$(WITH_VENV) bash launch/demo.sh "$(DATA)" "$(OUT)"
 
 # The small-scale reproduction of docs/RESULTS.md; PROFILE=cpu (reduced: ~11 h on 2 cores, resumable: it
 # skips what docs/results/ records) or full (GPU).
 PROFILE ?= cpu
 reproduce-smollm2: install
-	$(PY) launch/reproduce_smollm2.py --profile $(PROFILE) --data "$(DATA)"
+	$(WITH_VENV) $(PY) launch/reproduce_smollm2.py --profile $(PROFILE) --data "$(DATA)"
 
 bench-prep: install
 	$(PY) bench/prep_throughput.py
