@@ -35,6 +35,15 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def local_folder(path: str, what: str) -> str:
+    """A local folder as it is, or a Hub id's folder in the Hub's cache; ``what`` names the setting in errors."""
+    if os.path.isdir(path):
+        return path
+    if looks_like_hub_id(path):
+        return hub_snapshot(path, what)
+    raise PrepError(f"{what} {path}: no such directory, nor a Hugging Face Hub id (org/name)")
+
+
 def hub_snapshot(repo_id: str, what: str) -> str:
     """The local folder of ``repo_id``'s files; ``what`` names the setting in errors (``model.path``)."""
     from huggingface_hub import snapshot_download

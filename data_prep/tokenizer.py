@@ -17,14 +17,9 @@ _PROBE = "a"
 
 def resolve_tokenizer_path(path: str, what: str = "tokenizer") -> str:
     """A local folder as it is; a Hugging Face Hub id (``Qwen/Qwen2-1.5B``) through the Hub's cache."""
-    if os.path.isdir(path):
-        return path
-    from .hub import hub_snapshot, looks_like_hub_id
+    from .hub import local_folder
 
-    if looks_like_hub_id(path):
-        return hub_snapshot(path, what)
-    raise PrepError(f"{what} {path}: not a directory nor a Hugging Face Hub id "
-                    "(give a local Hugging Face tokenizer or model folder, or org/name)")
+    return local_folder(path, what)
 
 
 def load_tokenizer(path: str):

@@ -45,3 +45,7 @@ def test_cli_writes_json_and_png(tmp_path, cli):
     report = json.loads((tmp_path / "out" / "analysis.json").read_text())
     assert report["n"] == 6 and report["dim"] == 384 and report["alignment"] is not None
     assert (tmp_path / "out" / "spectrum.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Batches" in err  # the encoding progress bar by default; --no-progress turns it off
+    code, _, err = cli("analyze", "--model", str(gt.get_model_path()), "--input", str(tmp_path / "p.txt"),
+                       "--output", str(tmp_path / "quiet"), "--no-progress")
+    assert code == 0 and "Batches" not in err, err

@@ -139,7 +139,7 @@ def test_truncated_gzip_keeps_what_was_read_and_counts_the_rest(tmp_path, cli, b
         (lambda t, tok: ["--input", t / "nope.jsonl", "--tokenizer", tok], ["nope.jsonl", "no such file"]),
         (lambda t, tok: ["--input", f"{t}/*.nothing", "--tokenizer", tok], ["no file matches"]),
         (lambda t, tok: ["--input", t / "doc.csv", "--tokenizer", tok], ["doc.csv", "unsupported input format"]),
-        (lambda t, tok: ["--input", t / "ok.jsonl", "--tokenizer", t / "no_tokenizer"], ["no_tokenizer", "not a directory"]),
+        (lambda t, tok: ["--input", t / "ok.jsonl", "--tokenizer", t / "no_tokenizer"], ["no_tokenizer", "no such directory"]),
         (lambda t, tok: ["--input", t / "ok.jsonl", "--tokenizer", t / "empty_dir"], ["empty_dir", "cannot load"]),
         (lambda t, tok: ["--input", t / "short.jsonl", "--tokenizer", tok], ["no rows were produced", "too_short=2"]),
         (lambda t, tok: ["--input", t / "ok.jsonl", "--tokenizer", tok, "--max-tokens", "30"], ["--max-tokens 30"]),

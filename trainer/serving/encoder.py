@@ -133,12 +133,9 @@ class Encoder:
         for an adapter-only export, where its base is (default: the name the export records)."""
         from ..modeling.probe import check_bidirectional
 
-        if not os.path.isdir(path):  # an export published on the Hub
-            from data_prep.hub import hub_snapshot, looks_like_hub_id
+        from data_prep.hub import local_folder
 
-            if not looks_like_hub_id(path):
-                raise UserError(f"{path}: no such directory")
-            path = hub_snapshot(path, "model")
+        path = local_folder(path, "model")  # a folder, or an export published on the Hub
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer, memory, config = load_export(path, device, dtype, base_model)
         encoder = cls(model, tokenizer, memory, config, read_prompts(path))

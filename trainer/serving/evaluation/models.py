@@ -13,24 +13,14 @@ from data_prep.errors import UserError
 POOLINGS = ("mean", "last", "memory")
 
 
-def local_model(path: str) -> str:
-    """``--model``: a local folder, or a Hugging Face Hub id (an export, a sentence-transformers model or a
-    causal LM published there), through the Hub's cache."""
-    if os.path.isdir(path):
-        return path
-    from data_prep.hub import hub_snapshot, looks_like_hub_id
-
-    if looks_like_hub_id(path):
-        return hub_snapshot(path, "--model")
-    raise UserError(f"--model {path}: no such directory")
-
-
 def load_encoder(path: str, pooling: Optional[str] = None, batch_size: int = 32,
                  instruction: Optional[str] = None, progress: bool = True) -> Callable[[list[str]], np.ndarray]:
     """``progress``: a progress bar (stderr) for every call's batches."""
+    from data_prep.hub import local_folder
+
     from ..encoder import CONFIG, Encoder
 
-    path = local_model(path)
+    path = local_folder(path, "--model")  # an export, sentence-transformers model or causal LM, or its Hub id
     if os.path.exists(os.path.join(path, CONFIG)):
         enc = Encoder.from_pretrained(path)
         return lambda texts: enc.encode(texts, batch_size=batch_size, instruction=instruction, show_progress_bar=progress)

@@ -47,11 +47,11 @@ def load_or_skip(tasks: list, say) -> list:
 
 def model_for(path: str, instructions_file: Optional[str], batch_size: int, world):
     """(the mteb model, a description) for an llm2comp export or a sentence-transformers folder."""
+    from data_prep.hub import local_folder
+
     from ..encoder import CONFIG, Encoder
 
-    from .models import local_model
-
-    path = local_model(path)
+    path = local_folder(path, "--model")
     if os.path.exists(os.path.join(path, CONFIG)):
         from .mteb_model import load_instructions, make_model
 
