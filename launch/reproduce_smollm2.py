@@ -198,7 +198,8 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
     steps = metrics[-1]["step"]
     world = prof.nproc
     info = {"steps": steps, "samples": steps * r["train"]["micro_batch"] * r["train"].get("grad_accum", 1) * world,
-            "wall_s": float(open(f"{out}/wall_s").read()), "final_loss": metrics[-1]["loss"],
+            "wall_s": float(open(f"{out}/wall_s").read()), "train_s": metrics[-1].get("train_s"),
+            "final_loss": metrics[-1]["loss"],
             "pooling": r["model"].get("pooling", "memory")}
     export = f"{run.out}/export/{name}"
     if not os.path.exists(f"{export}/modules.json"):
@@ -242,8 +243,10 @@ def commit_id() -> str:
 class Results:
     """One small JSON file per finished (variant, seed, stage): what docs/RESULTS.md is generated from."""
 
+    # wall_s: the training command, start-up included, of the attempt that finished it; train_s: the training
+    # loop's own time summed over every attempt (None for runs trained before the engine recorded it).
     KEYS = ("variant", "stage", "seed", "lr", "selected", "dev", "test", "erank", "steps", "samples", "wall_s",
-            "final_loss", "pooling", "device")
+            "train_s", "final_loss", "pooling", "device")
 
     def __init__(self, directory: str, profile: str):
         self.dir, self.profile = directory, profile

@@ -75,6 +75,9 @@ def test_signal_checkpoints_then_resume_equals_uninterrupted(tmp_path, compressi
     assert f"resumed from" in resumed.stdout and f"at step {stopped_at}" in resumed.stdout
     a, b = losses(tmp_path / "whole"), losses(part)
     assert sorted(a) == sorted(b) == list(range(1, 11))
+    # The training time carries over the resume instead of starting again from 0.
+    train_s = [json.loads(line)["train_s"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert len(train_s) == 10 and train_s == sorted(train_s) and train_s[0] > 0, train_s
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-6 * max(1.0, abs(a[step])), (step, a[step], b[step])
     wa, wb = final_weights(tmp_path / "whole"), final_weights(part)

@@ -84,6 +84,7 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
     ckpt = Checkpointer(os.path.join(train_cfg.output_dir, "checkpoints"), world, train_cfg.keep_last)
 
     step = 0
+    train_s = 0.0  # the training loop's own time, summed over every resume (requeues), without start-up
     resume_from = None
     if train_cfg.resume == "auto":
         resume_from = ckpt.latest()
@@ -94,6 +95,7 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
     if resume_from:
         state = ckpt.load(engine, resume_from)
         step = int(state["step"])
+        train_s = float(state.get("train_s", 0.0))
         data.load_state_dict(state["data"])
         say(f"resumed from {resume_from} at step {step}")
 
@@ -108,14 +110,18 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
     say(f"training {type(task).__name__} on {world.size} rank(s), ZeRO-{zero_stage(ds_config)}, "
         f"{train_cfg.precision}, global batch {train_cfg.micro_batch * train_cfg.grad_accum * world.size}")
 
+    def trained_s() -> float:
+        return train_s + time.monotonic() - t_loop
+
     def save(at: int) -> None:
-        ckpt.save(engine, at, {"step": at, "data": data.state_dict()})
+        ckpt.save(engine, at, {"step": at, "data": data.state_dict(), "train_s": trained_s()})
 
     batches = iter(data)
     nonfinite_run = skipped = 0
     window_loss, window_n, window_tokens, t_window = 0.0, 0, 0, time.monotonic()
     last_saved = step
     exit_code = 0
+    t_loop = time.monotonic()
     try:
         while step < train_cfg.max_steps:
             batch = _to_device(next(batches), device)
@@ -153,6 +159,7 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
                     "grad_norm": float(norm) if norm is not None else None,
                     "tokens_per_s": stats[2].item() / elapsed,
                     "skipped_nonfinite": skipped,
+                    "train_s": trained_s(),
                 })
                 window_loss, window_n, window_tokens, t_window = 0.0, 0, 0, time.monotonic()
             if any_rank(stop.requested, device):
