@@ -2,13 +2,11 @@
 computes a loss; checkpointing, resume, signals, non-finite guards and logging live here once."""
 from __future__ import annotations
 
-import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch

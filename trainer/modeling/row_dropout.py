@@ -13,7 +13,6 @@ import contextlib
 import os
 import threading
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
