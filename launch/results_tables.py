@@ -159,7 +159,7 @@ def plot(rows: list[dict], path: str) -> None:
         ax.errorbar(xs, ys, yerr=sds, marker="o", capsize=3, label=LABEL[v])
     ax.set_xlabel("optimizer steps (stage 1 → 2 → 3)")
     ax.set_ylabel("STS-B dev subset, Spearman × 100")
-    ax.set_title("STS-B dev after each stage (mean ± sd over seeds); step 0: base, mean pooling")
+    ax.set_title("STS-B dev after each stage (mean ± sd over seeds)\nstep 0: the base model, mean pooling", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
