@@ -15,17 +15,12 @@ from .errors import PrepError
 _PROBE = "a"
 
 
-def resolve_tokenizer_path(path: str, what: str = "tokenizer") -> str:
-    """A local folder as it is; a Hugging Face Hub id (``Qwen/Qwen2-1.5B``) through the Hub's cache."""
+def load_tokenizer(path: str):
+    """Load a tokenizer from a local directory or a Hub id's cached folder (no network), or fail with one line
+    naming it."""
     from .hub import local_folder
 
-    return local_folder(path, what)
-
-
-def load_tokenizer(path: str):
-    """Load a tokenizer from a local directory (no network) or fail with one line naming it."""
-    if not os.path.isdir(path):
-        path = resolve_tokenizer_path(path)
+    path = local_folder(path, "tokenizer")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
