@@ -4,8 +4,8 @@
 
 Reads one JSON file per finished (variant, seed, stage) as `launch/reproduce_smollm2.py` writes them, prints
 markdown tables (baselines; after stage 2 and after stage 3: every seed, mean ± standard deviation; paired
-per-seed differences kl − none and kl − mntp; stage 1; the stage-3 learning-rate choice) and, with --write,
-replaces the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->` in that file.
+per-seed differences kl − none and kl − mntp; where issue 14's goals stand on the seeds recorded so far;
+stage 1; the stage-3 learning-rate choice) and, with --write, replaces the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->` in that file.
 """
 from __future__ import annotations
 
@@ -79,6 +79,68 @@ def paired(rows: list[dict], stage: str, a: str, b: str) -> str:
     return f"- {a} − {b}, STS-B test: {cells}; mean {statistics.mean(diffs):+.2f}; {a} ahead on {won} of {len(diffs)}"
 
 
+def _means(table: dict, variant: str) -> list[float]:
+    return [r["test"] for _, r in sorted(table.get(variant, {}).items()) if r.get("test") is not None]
+
+
+def _seeds(table: dict, variants, planned: dict) -> str:
+    return ", ".join(f"{v} {len(_means(table, v))} of {planned.get(v, '?')}" for v in variants if v in table or v in planned)
+
+
+def goals(rows: list[dict], planned: dict[str, int]) -> str:
+    """Issue 14's goals judged from the files, so that the verdict cannot go stale as seeds land.
+
+    ``planned``: seeds the protocol runs per variant; a verdict on fewer seeds than planned says so.
+    """
+    s2, s3 = by(rows, "stage2"), by(rows, "stage3")
+    lines = []
+
+    def verdict(ok: bool, variants, table) -> str:
+        done = all(len(_means(table, v)) >= planned.get(v, 1) for v in variants)
+        return ("**met**" if ok else "**not met**") + ("" if done else " so far") + f" (seeds: {_seeds(table, variants, planned)})"
+
+    order = ("kl", "mntp", "nll", "rc")
+    if all(_means(s2, v) for v in order):
+        means = {v: statistics.mean(_means(s2, v)) for v in ORDER if _means(s2, v)}
+        measured = " > ".join(f"{v} {m:.2f}" for v, m in sorted(means.items(), key=lambda kv: -kv[1]))
+        ok = all(means[a] > means[b] for a, b in zip(order, order[1:]))
+        lines.append(f"1. After stage 2, the paper's order kl > mntp > nll > rc on the mean STS-B test: "
+                     f"{verdict(ok, order, s2)}. Measured: {measured}.")
+        pairs = sorted(set(s2.get("kl", {})) & set(s2.get("none", {})))
+        if pairs:
+            won = sum(s2["kl"][s]["test"] > s2["none"][s]["test"] for s in pairs)
+            lines.append(f"   kl > none on every seed: {verdict(won == len(pairs), ('kl', 'none'), s2)}; "
+                         f"kl ahead on {won} of {len(pairs)} paired seeds.")
+    if _means(s3, "kl"):
+        kl = _means(s3, "kl")
+        parts = []
+        for other in ("none", "mntp"):
+            if _means(s3, other):
+                o = _means(s3, other)
+                gap = f"kl − {other} {statistics.mean(kl) - statistics.mean(o):+.2f} on the means"
+                if len(kl) > 1 and len(o) > 1:
+                    apart = statistics.mean(kl) - statistics.stdev(kl) > statistics.mean(o) + statistics.stdev(o)
+                    gap += ", ±1 sd " + ("apart" if apart else "overlapping")
+                parts.append(gap)
+        if parts:
+            ok = all(statistics.mean(kl) > statistics.mean(_means(s3, o)) for o in ("none", "mntp") if _means(s3, o))
+            lines.append(f"2. After stage 3, kl > none and kl > mntp on the seed mean: "
+                         f"{verdict(ok, ('kl', 'none', 'mntp'), s3)}; {'; '.join(parts)}.")
+        base = [r for r in rows if r["stage"] == "baseline" and r["variant"].startswith("base-") and r.get("test") is not None]
+        if base:
+            best = max(base, key=lambda r: r["test"])
+            bar = best["test"] + 15
+            won = sum(t >= bar for t in kl)
+            lines.append(f"3. kl after stage 3 ≥ the base model's best pooling + 15 = {best['test']:.2f} + 15 = {bar:.2f} "
+                         f"on every seed: {verdict(won == len(kl), ('kl',), s3)}; "
+                         f"{won} of {len(kl)} seeds ({', '.join(f'{t:.2f}' for t in kl)}).")
+        ref = next((r["test"] for r in rows if r["variant"] == "minilm" and r.get("test") is not None), None)
+        if ref is not None:
+            lines.append(f"4. Stretch, all-MiniLM-L6-v2's {ref:.2f}: {verdict(statistics.mean(kl) >= ref, ('kl',), s3)}; "
+                         f"kl's mean {statistics.mean(kl):.2f}, best seed {max(kl):.2f}.")
+    return "\n".join(lines)
+
+
 def baselines(rows: list[dict]) -> str:
     lines = ["| model | STS-B dev | STS-B test | effective rank |", "|---|---:|---:|---:|"]
     for r in rows:
@@ -108,7 +170,7 @@ def provenance(rows: list[dict]) -> str:
             f"{wall / 3600:.1f} h of training wall time in all.")
 
 
-def render(rows: list[dict]) -> str:
+def render(rows: list[dict], planned: dict[str, int] | None = None) -> str:
     parts = [provenance(rows), "", "Baselines:", "", baselines(rows), "",
              "After stage 2 (unsupervised: stage 1, then SimCSE-style ucl), STS-B test scored once per run:", "",
              stage_table(rows, "stage2"), ""]
@@ -123,6 +185,9 @@ def render(rows: list[dict]) -> str:
             line = paired(rows, "stage3", a, b)
             if line:
                 parts.append(line)
+    verdicts = goals(rows, planned or {})
+    if verdicts:
+        parts += ["", "Where issue 14's goals stand on the seeds recorded so far:", "", verdicts]
     parts += ["", "Stage 1 and the stage-3 candidates (dev only):", "", stage1_and_choice(rows)]
     return "\n".join(parts) + "\n"
 
@@ -166,6 +231,17 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def planned_seeds() -> dict[str, int]:
+    """Seeds per variant in the driver's plan (its PLAN), read from the driver beside this file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_smollm2", os.path.join(ROOT, "launch", "reproduce_smollm2.py"))
+    repro = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, repro)  # its dataclasses look their module up there
+    spec.loader.exec_module(repro)
+    return {v: len(seeds) for v, (seeds, _) in repro.PLAN.items()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=os.path.join(ROOT, "docs", "results", "cpu"))
@@ -175,7 +251,7 @@ def main() -> int:
     rows = load(args.results)
     if not rows:
         sys.exit(f"results_tables: no result files in {args.results}")
-    text = render(rows)
+    text = render(rows, planned_seeds())
     print(text)
     if args.write:
         profile = rows[0]["profile"]
