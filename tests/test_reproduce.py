@@ -86,10 +86,15 @@ def test_results_are_one_file_per_stage_and_later_seeds_use_seed0s_choice(tmp_pa
     assert json.loads(stamped.read_text())["commit"] == "earlier"
 
 
-def test_tables_are_generated_from_the_result_files(tmp_path):
+def results_tables():
     spec = importlib.util.spec_from_file_location("results_tables", ROOT / "launch" / "results_tables.py")
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
+    return tables
+
+
+def test_tables_are_generated_from_the_result_files(tmp_path):
+    tables = results_tables()
     results = repro.Results(str(tmp_path / "r"), "cpu")
     for variant, tests in {"kl": [60.0, 64.0, 62.0], "none": [50.0, 55.0, 60.0], "mntp": [58.0, 61.0, 58.0]}.items():
         for seed, t in enumerate(tests):
@@ -110,9 +115,7 @@ def test_tables_are_generated_from_the_result_files(tmp_path):
 
 
 def test_goal_verdicts_are_computed_from_the_files(tmp_path):
-    spec = importlib.util.spec_from_file_location("results_tables", ROOT / "launch" / "results_tables.py")
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
+    tables = results_tables()
     results = repro.Results(str(tmp_path / "r"), "cpu")
     stage2 = {"kl": [60.0, 64.0], "mntp": [58.0, 61.0], "nll": [50.0], "rc": [30.0], "none": [61.0, 55.0]}
     stage3 = {"kl": [80.0, 84.0, 82.0], "mntp": [70.0, 71.0, 72.0], "none": [79.0, 83.0, 80.0]}
