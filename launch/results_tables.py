@@ -5,7 +5,7 @@
 Reads one JSON file per finished (variant, seed, stage) as `launch/reproduce_smollm2.py` writes them, prints
 markdown tables (baselines; after stage 2 and after stage 3: every seed, mean ± standard deviation; paired
 per-seed differences kl − none and kl − mntp; where issue 14's goals stand on the seeds recorded so far;
-stage 1; the stage-3 learning-rate choice) and, with --write, replaces the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->` in that file.
+every run with its dev score, the stage-3 learning-rate choice and its cost) and, with --write, replaces the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->` in that file.
 """
 from __future__ import annotations
 
@@ -149,14 +149,19 @@ def baselines(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def stage1_and_choice(rows: list[dict]) -> str:
-    lines = ["| variant | stage | seed | STS-B dev | final training loss | steps × batch | wall time (s) |",
-             "|---|---|---:|---:|---:|---|---:|"]
-    for r in sorted((r for r in rows if r["stage"] == "stage1" or r["stage"].startswith("stage3")),
+def runs_table(rows: list[dict]) -> str:
+    """Every training run with its cost: wall time of the training launch, and the training loop's own time
+    (``train_s``, summed over resumes) where the run recorded it."""
+    lines = ["| variant | stage | seed | STS-B dev | final training loss | steps × batch | wall time (s) | training loop (s) |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]
+    for r in sorted((r for r in rows if r["stage"] != "baseline"),
                     key=lambda r: (ORDER.index(r["variant"]), r["stage"], r["seed"])):
-        label = "1" if r["stage"] == "stage1" else f"3, lr {r.get('lr')}" + (" (chosen on dev)" if r.get("selected") else "")
+        label = r["stage"][len("stage"):][:1]
+        if label == "3":
+            label += f", lr {r.get('lr')}" + (" (chosen on dev)" if r.get("selected") else "")
         lines.append(f"| {r['variant']} | {label} | {r['seed']} | {fmt(r['dev'])} | {fmt(r.get('final_loss'), 3)} | "
-                     f"{r['steps']} × {r['samples'] // max(1, r['steps'])} | {fmt(r.get('wall_s'), 0)} |")
+                     f"{r['steps']} × {r['samples'] // max(1, r['steps'])} | {fmt(r.get('wall_s'), 0)} | "
+                     f"{fmt(r.get('train_s'), 0)} |")
     return "\n".join(lines)
 
 
@@ -188,7 +193,7 @@ def render(rows: list[dict], planned: dict[str, int] | None = None) -> str:
     verdicts = goals(rows, planned or {})
     if verdicts:
         parts += ["", "Where issue 14's goals stand on the seeds recorded so far:", "", verdicts]
-    parts += ["", "Stage 1 and the stage-3 candidates (dev only):", "", stage1_and_choice(rows)]
+    parts += ["", "Every training run (STS-B dev; test is in the tables above), with what it cost:", "", runs_table(rows)]
     return "\n".join(parts) + "\n"
 
 
