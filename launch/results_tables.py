@@ -76,7 +76,8 @@ def paired(rows: list[dict], stage: str, a: str, b: str) -> str:
     diffs = [table[a][s]["test"] - table[b][s]["test"] for s in seeds]
     cells = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs))
     won = sum(d > 0 for d in diffs)
-    return f"- {a} − {b}, STS-B test: {cells}; mean {statistics.mean(diffs):+.2f}; {a} ahead on {won} of {len(diffs)}"
+    spread = f" ± {statistics.stdev(diffs):.2f} sd" if len(diffs) > 1 else ""
+    return f"- {a} − {b}, STS-B test: {cells}; mean {statistics.mean(diffs):+.2f}{spread}; {a} ahead on {won} of {len(diffs)}"
 
 
 def _means(table: dict, variant: str) -> list[float]:

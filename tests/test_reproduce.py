@@ -103,7 +103,7 @@ def test_tables_are_generated_from_the_result_files(tmp_path):
     results.write({"variant": "base-mean", "device": "CPU", "dev": 53.0, "test": 37.0, "erank": 250.0}, "baseline")
     text = tables.render(tables.load(str(tmp_path / "r")))
     assert "| kl (LLM2Comp) | 60.00 | 64.00 | 62.00 | **62.00 ± 2.00 (3 seeds)** |" in text
-    assert "- kl − none, STS-B test: seed 0: +10.00, seed 1: +9.00, seed 2: +2.00; mean +7.00; kl ahead on 3 of 3" in text
+    assert "- kl − none, STS-B test: seed 0: +10.00, seed 1: +9.00, seed 2: +2.00; mean +7.00 ± 4.36 sd; kl ahead on 3 of 3" in text
     assert "| SmolLM2-135M, mean pooling | 53.00 | 37.00 | 250.0 |" in text
     assert "| none | 2 | 2 | 70.00 |  | 60 × 32 | 10 | 11 |" in text  # every run, with its cost
     doc = tmp_path / "RESULTS.md"
