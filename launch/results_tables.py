@@ -5,7 +5,8 @@
 Reads one JSON file per finished (variant, seed, stage) as `launch/reproduce_smollm2.py` writes them, prints
 markdown tables (baselines; after stage 2 and after stage 3: every seed, mean ± standard deviation; paired
 per-seed differences kl − none and kl − mntp; where issue 14's goals stand on the seeds recorded so far;
-every run with its dev score, the stage-3 learning-rate choice and its cost) and, with --write, replaces the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->` in that file.
+every run with its dev score, the stage-3 learning-rate choice and its cost) and, with --write, replaces
+the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->` in that file.
 """
 from __future__ import annotations
 
@@ -80,12 +81,12 @@ def paired(rows: list[dict], stage: str, a: str, b: str) -> str:
     return f"- {a} − {b}, STS-B test: {cells}; mean {statistics.mean(diffs):+.2f}{spread}; {a} ahead on {won} of {len(diffs)}"
 
 
-def _means(table: dict, variant: str) -> list[float]:
+def _tests(table: dict, variant: str) -> list[float]:
     return [r["test"] for _, r in sorted(table.get(variant, {}).items()) if r.get("test") is not None]
 
 
 def _seeds(table: dict, variants, planned: dict) -> str:
-    return ", ".join(f"{v} {len(_means(table, v))} of {planned.get(v, '?')}" for v in variants if v in table or v in planned)
+    return ", ".join(f"{v} {len(_tests(table, v))} of {planned.get(v, '?')}" for v in variants if v in table or v in planned)
 
 
 def goals(rows: list[dict], planned: dict[str, int]) -> str:
@@ -97,12 +98,12 @@ def goals(rows: list[dict], planned: dict[str, int]) -> str:
     lines = []
 
     def verdict(ok: bool, variants, table) -> str:
-        done = all(len(_means(table, v)) >= planned.get(v, 1) for v in variants)
+        done = all(len(_tests(table, v)) >= planned.get(v, 1) for v in variants)
         return ("**met**" if ok else "**not met**") + ("" if done else " so far") + f" (seeds: {_seeds(table, variants, planned)})"
 
     order = ("kl", "mntp", "nll", "rc")
-    if all(_means(s2, v) for v in order):
-        means = {v: statistics.mean(_means(s2, v)) for v in ORDER if _means(s2, v)}
+    if all(_tests(s2, v) for v in order):
+        means = {v: statistics.mean(_tests(s2, v)) for v in ORDER if _tests(s2, v)}
         measured = " > ".join(f"{v} {m:.2f}" for v, m in sorted(means.items(), key=lambda kv: -kv[1]))
         ok = all(means[a] > means[b] for a, b in zip(order, order[1:]))
         lines.append(f"1. After stage 2, the paper's order kl > mntp > nll > rc on the mean STS-B test: "
@@ -112,19 +113,19 @@ def goals(rows: list[dict], planned: dict[str, int]) -> str:
             won = sum(s2["kl"][s]["test"] > s2["none"][s]["test"] for s in pairs)
             lines.append(f"   kl > none on every seed: {verdict(won == len(pairs), ('kl', 'none'), s2)}; "
                          f"kl ahead on {won} of {len(pairs)} paired seeds.")
-    if _means(s3, "kl"):
-        kl = _means(s3, "kl")
+    if _tests(s3, "kl"):
+        kl = _tests(s3, "kl")
         parts = []
         for other in ("none", "mntp"):
-            if _means(s3, other):
-                o = _means(s3, other)
+            if _tests(s3, other):
+                o = _tests(s3, other)
                 gap = f"kl − {other} {statistics.mean(kl) - statistics.mean(o):+.2f} on the means"
                 if len(kl) > 1 and len(o) > 1:
                     apart = statistics.mean(kl) - statistics.stdev(kl) > statistics.mean(o) + statistics.stdev(o)
                     gap += ", ±1 sd " + ("apart" if apart else "overlapping")
                 parts.append(gap)
         if parts:
-            ok = all(statistics.mean(kl) > statistics.mean(_means(s3, o)) for o in ("none", "mntp") if _means(s3, o))
+            ok = all(statistics.mean(kl) > statistics.mean(_tests(s3, o)) for o in ("none", "mntp") if _tests(s3, o))
             lines.append(f"2. After stage 3, kl > none and kl > mntp on the seed mean: "
                          f"{verdict(ok, ('kl', 'none', 'mntp'), s3)}; {'; '.join(parts)}.")
         base = [r for r in rows if r["stage"] == "baseline" and r["variant"].startswith("base-") and r.get("test") is not None]
@@ -176,7 +177,8 @@ def provenance(rows: list[dict]) -> str:
             f"{wall / 3600:.1f} h of training wall time in all.")
 
 
-def render(rows: list[dict], planned: dict[str, int] | None = None) -> str:
+def render(rows: list[dict], planned: dict[str, int]) -> str:
+    """``planned``: seeds per variant in the plan; without it no verdict could tell final from "so far"."""
     parts = [provenance(rows), "", "Baselines:", "", baselines(rows), "",
              "After stage 2 (unsupervised: stage 1, then SimCSE-style ucl), STS-B test scored once per run:", "",
              stage_table(rows, "stage2"), ""]
@@ -191,7 +193,7 @@ def render(rows: list[dict], planned: dict[str, int] | None = None) -> str:
             line = paired(rows, "stage3", a, b)
             if line:
                 parts.append(line)
-    verdicts = goals(rows, planned or {})
+    verdicts = goals(rows, planned)
     if verdicts:
         parts += ["", "Where issue 14's goals stand on the seeds recorded so far:", "", verdicts]
     parts += ["", "Every training run (STS-B dev; test is in the tables above), with what it cost:", "", runs_table(rows)]
@@ -238,14 +240,10 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def planned_seeds() -> dict[str, int]:
-    """Seeds per variant in the driver's plan (its PLAN), read from the driver beside this file."""
-    import importlib.util
+    """Seeds per variant in the driver's PLAN (the driver sits beside this script, so it is on sys.path)."""
+    from reproduce_smollm2 import PLAN
 
-    spec = importlib.util.spec_from_file_location("reproduce_smollm2", os.path.join(ROOT, "launch", "reproduce_smollm2.py"))
-    repro = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, repro)  # its dataclasses look their module up there
-    spec.loader.exec_module(repro)
-    return {v: len(seeds) for v, (seeds, _) in repro.PLAN.items()}
+    return {v: len(seeds) for v, (seeds, _) in PLAN.items()}
 
 
 def main() -> int:

@@ -101,7 +101,7 @@ def test_tables_are_generated_from_the_result_files(tmp_path):
             results.write({"variant": variant, "seed": seed, "device": "CPU", "dev": t + 10, "test": t, "erank": 100.0,
                            "steps": 60, "samples": 1920, "wall_s": 10.0, "train_s": 9.0 + seed}, "stage2")
     results.write({"variant": "base-mean", "device": "CPU", "dev": 53.0, "test": 37.0, "erank": 250.0}, "baseline")
-    text = tables.render(tables.load(str(tmp_path / "r")))
+    text = tables.render(tables.load(str(tmp_path / "r")), {"kl": 3, "mntp": 3, "none": 3})
     assert "| kl (LLM2Comp) | 60.00 | 64.00 | 62.00 | **62.00 ± 2.00 (3 seeds)** |" in text
     assert "- kl − none, STS-B test: seed 0: +10.00, seed 1: +9.00, seed 2: +2.00; mean +7.00 ± 4.36 sd; kl ahead on 3 of 3" in text
     assert "| SmolLM2-135M, mean pooling | 53.00 | 37.00 | 250.0 |" in text
