@@ -2,7 +2,8 @@
 commands and recipes (`launch/recipes/smollm2-135m-*.yaml`).
 
 Variants: stage 1 with each LLM2Comp objective (kl, nll, rc), LLM2Vec's masked next-token prediction
-(mntp, mean pooling, its own recipes `smollm2-135m-mntp*.yaml`), and a control without stage 1 (none).
+(mntp, mean pooling, its own recipes `smollm2-135m-mntp*.yaml`), and two controls without stage 1: none
+(LLM2Comp's recipes, memory tokens) and none-mean (mntp's recipes and mean pooling: what MNTP adds to them).
 Every variant goes through stage 2 (unsupervised contrastive, Wikipedia sentences); the plan's variants also
 through stage 3 (supervised contrastive, SNLI). After every stage the run is exported and scored on STS-B
 dev (`llm2comp eval sts --stsb-split dev`), with the effective rank of its embeddings (`llm2comp analyze`).
@@ -38,12 +39,14 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "launch", "recipes")
-VARIANTS = ("kl", "nll", "rc", "mntp", "none")  # "none": no stage 1 (stage 2 starts from the plain base model)
+VARIANTS = ("kl", "nll", "rc", "mntp", "none", "none-mean")
+NO_STAGE1 = ("none", "none-mean")  # stage 2 starts from the plain base model
 # The protocol (issue 14): seeds and whether stage 3 runs, per variant.
 PLAN = {"kl": ((0, 1, 2), True), "mntp": ((0, 1, 2), True), "none": ((0, 1, 2), True),
-        "nll": ((0,), False), "rc": ((0,), False)}
+        "nll": ((0,), False), "rc": ((0,), False), "none-mean": ((0, 1, 2), False)}
 RECIPE = {("mntp", "pretrain"): "smollm2-135m-mntp.yaml", ("mntp", "ucl"): "smollm2-135m-mntp-ucl.yaml",
-          ("mntp", "scl"): "smollm2-135m-mntp-scl.yaml", "pretrain": "smollm2-135m-pretrain.yaml",
+          ("mntp", "scl"): "smollm2-135m-mntp-scl.yaml", ("none-mean", "ucl"): "smollm2-135m-mntp-ucl.yaml",
+          ("none-mean", "scl"): "smollm2-135m-mntp-scl.yaml", "pretrain": "smollm2-135m-pretrain.yaml",
           "ucl": "smollm2-135m-ucl.yaml", "scl": "smollm2-135m-scl.yaml"}
 
 
@@ -278,7 +281,7 @@ def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile,
     """Stage 1 (unless none) -> stage 2 [-> stage 3] of one variant and seed, recording each stage."""
     rows, init = [], None
     suffix = f"-s{seed}" if seed else ""
-    for stage in (("pretrain", "ucl") if variant != "none" else ("ucl",)):
+    for stage in ("ucl",) if variant in NO_STAGE1 else ("pretrain", "ucl"):
         name = f"{variant}-{stage}{suffix}"
         export, info = train(run, stage, variant, prof, paths, init, name=name, seed=seed)
         init = info["run"]
@@ -315,7 +318,7 @@ def main() -> int:
     p.add_argument("--results", default=None, help="result files (default docs/results/PROFILE)")
     p.add_argument("--nproc", type=int, default=1, help="GPUs (full profile): torchrun workers")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the plan's (kl, mntp, none: 0 1 2; nll, rc: 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the plan's (PLAN: kl, mntp, none, none-mean 0 1 2; nll, rc 0)")
     p.add_argument("--scl-lrs", nargs="+", default=None, metavar="LR",
                    help="stage-3 learning rates seed 0 tries; STS-B dev chooses (default: the profile's)")
     args = p.parse_args()
@@ -346,7 +349,7 @@ def main() -> int:
     todo = [(seed, v) for v in args.variants for seed in (args.seeds if args.seeds is not None else PLAN[v][0])]
     for seed, variant in sorted(todo):
         scl = PLAN[variant][1]
-        stages = ("stage1",) * (variant != "none") + ("stage2",) + ("stage3",) * scl
+        stages = ("stage1",) * (variant not in NO_STAGE1) + ("stage2",) + ("stage3",) * scl
         if results.have(variant, seed, stages):
             print(f"reproduce: {variant} seed {seed}: recorded in {results.dir}; skipped")
             continue

@@ -4,9 +4,9 @@
 
 Reads one JSON file per finished (variant, seed, stage) as `launch/reproduce_smollm2.py` writes them, prints
 markdown tables (baselines; after stage 2 and after stage 3: every seed, mean ± standard deviation; paired
-per-seed differences kl − none and kl − mntp; where issue 14's goals stand on the seeds recorded so far;
-every run with its dev score, the stage-3 learning-rate choice and its cost) and, with --write, replaces
-the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->` in that file.
+per-seed differences kl − none, kl − mntp and mntp − none-mean; where issue 14's goals stand on the seeds
+recorded so far; every run with its dev score, the stage-3 learning-rate choice and its cost) and, with
+--write, replaces the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->` in that file.
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORDER = ("kl", "mntp", "nll", "rc", "none")
+ORDER = ("kl", "mntp", "nll", "rc", "none", "none-mean")
 LABEL = {"kl": "kl (LLM2Comp)", "mntp": "mntp (LLM2Vec, mean pooling)", "nll": "nll", "rc": "rc",
-         "none": "none (no stage 1)", "base-mean": "SmolLM2-135M, mean pooling", "base-last": "SmolLM2-135M, last token",
+         "none": "none (no stage 1)", "none-mean": "none-mean (no stage 1, mntp's recipes, mean pooling)",
+         "base-mean": "SmolLM2-135M, mean pooling", "base-last": "SmolLM2-135M, last token",
          "minilm": "all-MiniLM-L6-v2 (reference)"}
 
 
@@ -182,7 +183,7 @@ def render(rows: list[dict], planned: dict[str, int]) -> str:
     parts = [provenance(rows), "", "Baselines:", "", baselines(rows), "",
              "After stage 2 (unsupervised: stage 1, then SimCSE-style ucl), STS-B test scored once per run:", "",
              stage_table(rows, "stage2"), ""]
-    for a, b in (("kl", "none"), ("kl", "mntp")):
+    for a, b in (("kl", "none"), ("kl", "mntp"), ("mntp", "none-mean")):
         line = paired(rows, "stage2", a, b)
         if line:
             parts.append(line)

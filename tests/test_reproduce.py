@@ -2,6 +2,7 @@
 STS-B test is scored for the chosen run only (test never informs a choice)."""
 import importlib.util
 import json
+import os
 import sys
 
 from conftest import ROOT
@@ -86,6 +87,40 @@ def test_results_are_one_file_per_stage_and_later_seeds_use_seed0s_choice(tmp_pa
     assert json.loads(stamped.read_text())["commit"] == "earlier"
 
 
+class FakeRunner:
+    """Records the commands `train` builds and leaves what a finished run leaves (lineage, metrics, recipe)."""
+
+    def __init__(self, out):
+        self.out, self.commands = str(out), []
+
+    def __call__(self, *args, train=False):
+        self.commands.append(args)
+        if train:
+            run = next(a.split("=", 1)[1] for a in args if a.startswith("output_dir="))
+            os.makedirs(f"{run}/final")
+            open(f"{run}/final/lineage.json", "w").write("{}")
+            open(f"{run}/metrics.jsonl", "w").write('{"step": 60, "loss": 0.1}\n')
+            open(f"{run}/recipe.yaml", "w").write("model: {pooling: mean}\ntrain: {micro_batch: 32}\n")
+        return ""
+
+
+def test_controls_without_stage1_start_stage2_from_the_base_with_their_recipes(tmp_path, monkeypatch):
+    """none-mean is mntp's stage 2 without MNTP: mntp's recipe (mean pooling, dropout 0.3), no stage 1, no init."""
+    monkeypatch.setattr(repro, "score", lambda run, model, paths, name, test, pooling=None:
+                        {"dev": 1.0, "erank": 1.0, **({"test": 2.0} if test else {})})
+    paths = {"sentences": "data/sentences", "compression": "data/compression"}
+    for variant, recipe in (("none-mean", "smollm2-135m-mntp-ucl.yaml"), ("none", "smollm2-135m-ucl.yaml")):
+        run = FakeRunner(tmp_path / variant)
+        results = repro.Results(str(tmp_path / variant / "r"), "cpu")
+        repro.chain(run, results, variant, 1, repro.PROFILES["cpu"], paths, "CPU", False, ())
+        contrast = [c for c in run.commands if c[0] == "contrast"]
+        assert [c[0] for c in run.commands] == ["contrast", "export"] and len(contrast) == 1
+        assert contrast[0][1] == f"--config={repro.RECIPES}/{recipe}" and "init_from=null" in contrast[0]
+        assert "data=data/sentences" in contrast[0] and "seed=1" in contrast[0]
+        assert sorted(os.listdir(tmp_path / variant / "r")) == [f"{variant}-s1-stage2.json"]
+    assert repro.PLAN["none-mean"] == ((0, 1, 2), False)
+
+
 def results_tables():
     spec = importlib.util.spec_from_file_location("results_tables", ROOT / "launch" / "results_tables.py")
     tables = importlib.util.module_from_spec(spec)
@@ -96,7 +131,8 @@ def results_tables():
 def test_tables_are_generated_from_the_result_files(tmp_path):
     tables = results_tables()
     results = repro.Results(str(tmp_path / "r"), "cpu")
-    for variant, tests in {"kl": [60.0, 64.0, 62.0], "none": [50.0, 55.0, 60.0], "mntp": [58.0, 61.0, 58.0]}.items():
+    for variant, tests in {"kl": [60.0, 64.0, 62.0], "none": [50.0, 55.0, 60.0], "mntp": [58.0, 61.0, 58.0],
+                           "none-mean": [57.0, 63.0]}.items():
         for seed, t in enumerate(tests):
             results.write({"variant": variant, "seed": seed, "device": "CPU", "dev": t + 10, "test": t, "erank": 100.0,
                            "steps": 60, "samples": 1920, "wall_s": 10.0, "train_s": 9.0 + seed}, "stage2")
@@ -104,6 +140,7 @@ def test_tables_are_generated_from_the_result_files(tmp_path):
     text = tables.render(tables.load(str(tmp_path / "r")), {"kl": 3, "mntp": 3, "none": 3})
     assert "| kl (LLM2Comp) | 60.00 | 64.00 | 62.00 | **62.00 ± 2.00 (3 seeds)** |" in text
     assert "- kl − none, STS-B test: seed 0: +10.00, seed 1: +9.00, seed 2: +2.00; mean +7.00 ± 4.36 sd; kl ahead on 3 of 3" in text
+    assert "- mntp − none-mean, STS-B test: seed 0: +1.00, seed 1: -2.00; mean -0.50 ± 2.12 sd; mntp ahead on 1 of 2" in text
     assert "| SmolLM2-135M, mean pooling | 53.00 | 37.00 | 250.0 |" in text
     assert "| none | 2 | 2 | 70.00 |  | 60 × 32 | 10 | 11 |" in text  # every run, with its cost
     doc = tmp_path / "RESULTS.md"
