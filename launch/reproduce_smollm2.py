@@ -301,6 +301,14 @@ def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile,
     return rows
 
 
+def stage3_lrs(results: Results, variant: str, seed: int, lrs: tuple[str, ...]) -> tuple[str, ...]:
+    """The stage-3 learning rates a (variant, seed) trains: none without stage 3 in the plan, every candidate
+    for seed 0, seed 0's choice for the others."""
+    if not PLAN[variant][1]:
+        return ()
+    return lrs if seed == 0 else chosen_lr(results, variant, lrs)
+
+
 def chosen_lr(results: Results, variant: str, lrs: tuple[str, ...]) -> tuple[str, ...]:
     """Seeds after 0 use the stage-3 learning rate seed 0's dev chose."""
     path = results.path(variant, 0, "stage3")
@@ -353,7 +361,7 @@ def main() -> int:
         if results.have(variant, seed, stages):
             print(f"reproduce: {variant} seed {seed}: recorded in {results.dir}; skipped")
             continue
-        chain(run, results, variant, seed, prof, paths, dev, scl, lrs if seed == 0 else chosen_lr(results, variant, lrs))
+        chain(run, results, variant, seed, prof, paths, dev, scl, stage3_lrs(results, variant, seed, lrs))
     print(f"\nreproduce ({args.profile}): result files in {results.dir}; tables: python launch/results_tables.py")
     return 0
 

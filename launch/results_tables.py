@@ -196,7 +196,8 @@ def render(rows: list[dict], planned: dict[str, int]) -> str:
                 parts.append(line)
     verdicts = goals(rows, planned)
     if verdicts:
-        parts += ["", "Where issue 14's goals stand on the seeds recorded so far:", "", verdicts]
+        parts += ["", "Where issue 14's goals stand, computed from these files (a verdict marked so far rests on fewer "
+                  "seeds than the plan runs):", "", verdicts]
     parts += ["", "Every training run (STS-B dev; test is in the tables above), with what it cost:", "", runs_table(rows)]
     return "\n".join(parts) + "\n"
 

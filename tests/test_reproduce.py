@@ -119,6 +119,9 @@ def test_controls_without_stage1_start_stage2_from_the_base_with_their_recipes(t
         assert "data=data/sentences" in contrast[0] and "seed=1" in contrast[0]
         assert sorted(os.listdir(tmp_path / variant / "r")) == [f"{variant}-s1-stage2.json"]
     assert repro.PLAN["none-mean"] == ((0, 1, 2), False)
+    # Seeds after 0 of a variant without stage 3 have no seed-0 choice to look up, and need none.
+    assert repro.stage3_lrs(results, "none-mean", 1, ("1e-3", "3e-4")) == ()
+    assert repro.stage3_lrs(results, "none", 0, ("1e-3", "3e-4")) == ("1e-3", "3e-4")
 
 
 def results_tables():
