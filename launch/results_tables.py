@@ -210,7 +210,7 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     base = next((r["dev"] for r in rows if r["variant"] == "base-mean"), None)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9.5, 4))
     for v in ORDER:
         points = {}
         for r in rows:
@@ -234,9 +234,9 @@ def plot(rows: list[dict], path: str) -> None:
         ax.errorbar(xs, ys, yerr=sds, marker="o", capsize=3, label=LABEL[v])
     ax.set_xlabel("optimizer steps (stage 1 → 2 → 3)")
     ax.set_ylabel("STS-B dev subset, Spearman × 100")
-    ax.set_title("STS-B dev after each stage (mean ± sd over seeds)\nstep 0: the base model, mean pooling", fontsize=10)
+    ax.set_title("STS-B dev after each stage (mean ± sd over seeds)\nstep 0: the base model, mean pooling (causal, untrained)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden under it
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
