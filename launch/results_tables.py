@@ -4,9 +4,10 @@
 
 Reads one JSON file per finished (variant, seed, stage) as `launch/reproduce_smollm2.py` writes them, prints
 markdown tables (baselines; after stage 2 and after stage 3: every seed, mean ± standard deviation; paired
-per-seed differences kl − none, kl − mntp and mntp − none-mean; where issue 14's goals stand on the seeds
-recorded so far; every run with its dev score, the stage-3 learning-rate choice and its cost) and, with
---write, replaces the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->` in that file.
+per-seed differences kl − none, kl − mntp, mntp − none-mean and none − mntp, with 95 % intervals; where
+issue 14's goals stand; every run with its dev score, the stage-3 learning-rate choice and its cost) and,
+with --write, replaces the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->`
+in that file.
 """
 from __future__ import annotations
 
@@ -78,7 +79,14 @@ def paired(rows: list[dict], stage: str, a: str, b: str) -> str:
     diffs = [table[a][s]["test"] - table[b][s]["test"] for s in seeds]
     cells = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs))
     won = sum(d > 0 for d in diffs)
-    spread = f" ± {statistics.stdev(diffs):.2f} sd" if len(diffs) > 1 else ""
+    spread = ""
+    if len(diffs) > 1:
+        from scipy.stats import t
+
+        # What the seeds can resolve: Student's t interval of the mean paired difference (n − 1 df).
+        sd, m = statistics.stdev(diffs), statistics.mean(diffs)
+        half = t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
+        spread = f" ± {sd:.2f} sd, 95 % CI [{m - half:+.2f}, {m + half:+.2f}]"
     return f"- {a} − {b}, STS-B test: {cells}; mean {statistics.mean(diffs):+.2f}{spread}; {a} ahead on {won} of {len(diffs)}"
 
 
@@ -190,7 +198,8 @@ def render(rows: list[dict], planned: dict[str, int]) -> str:
     if any(r["stage"] == "stage3" for r in rows):
         parts += ["", "After stage 3 (supervised, SNLI; learning rate chosen on seed 0's STS-B dev):", "",
                   stage_table(rows, "stage3"), ""]
-        for a, b in (("kl", "none"), ("kl", "mntp")):
+        # none − mntp: LLM2Comp's pipeline with no stage 1 at all against LLM2Vec's with MNTP (memory tokens vs mean).
+        for a, b in (("kl", "none"), ("kl", "mntp"), ("none", "mntp")):
             line = paired(rows, "stage3", a, b)
             if line:
                 parts.append(line)

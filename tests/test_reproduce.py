@@ -142,8 +142,8 @@ def test_tables_are_generated_from_the_result_files(tmp_path):
     results.write({"variant": "base-mean", "device": "CPU", "dev": 53.0, "test": 37.0, "erank": 250.0}, "baseline")
     text = tables.render(tables.load(str(tmp_path / "r")), {"kl": 3, "mntp": 3, "none": 3})
     assert "| kl (LLM2Comp) | 60.00 | 64.00 | 62.00 | **62.00 ± 2.00 (3 seeds)** |" in text
-    assert "- kl − none, STS-B test: seed 0: +10.00, seed 1: +9.00, seed 2: +2.00; mean +7.00 ± 4.36 sd; kl ahead on 3 of 3" in text
-    assert "- mntp − none-mean, STS-B test: seed 0: +1.00, seed 1: -2.00; mean -0.50 ± 2.12 sd; mntp ahead on 1 of 2" in text
+    assert "- kl − none, STS-B test: seed 0: +10.00, seed 1: +9.00, seed 2: +2.00; mean +7.00 ± 4.36 sd, 95 % CI [-3.83, +17.83]; kl ahead on 3 of 3" in text
+    assert "- mntp − none-mean, STS-B test: seed 0: +1.00, seed 1: -2.00; mean -0.50 ± 2.12 sd, 95 % CI [-19.56, +18.56]; mntp ahead on 1 of 2" in text
     assert "| SmolLM2-135M, mean pooling | 53.00 | 37.00 | 250.0 |" in text
     assert "| none | 2 | 2 | 70.00 |  | 60 × 32 | 10 | 11 |" in text  # every run, with its cost
     doc = tmp_path / "RESULTS.md"
@@ -174,5 +174,6 @@ def test_goal_verdicts_are_computed_from_the_files(tmp_path):
     # Stage 3 has every planned seed: no "so far"; kl's band 82 ± 2 overlaps none's 80.67 ± 2.08 but not mntp's.
     assert "kl > none and kl > mntp on the seed mean: **met** (seeds: kl 3 of 3, none 3 of 3, mntp 3 of 3)" in text
     assert "kl − none +1.33 on the means, ±1 sd overlapping; kl − mntp +11.00 on the means, ±1 sd apart" in text
+    assert "- none − mntp, STS-B test: seed 0: +9.00, seed 1: +12.00, seed 2: +8.00; mean +9.67 ± 2.08 sd" in text
     assert "= 37.00 + 15 = 52.00 on every seed: **met** (seeds: kl 3 of 3); 3 of 3 seeds" in text
     assert "all-MiniLM-L6-v2's 82.03: **not met** (seeds: kl 3 of 3); kl's mean 82.00, best seed 84.00" in text
