@@ -278,7 +278,7 @@ class Results:
 
 def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile, paths: dict, dev: str,
           scl: bool, lrs: tuple[str, ...]) -> list[dict]:
-    """Stage 1 (unless none) -> stage 2 [-> stage 3] of one variant and seed, recording each stage."""
+    """Stage 1 (unless a control without it) -> stage 2 [-> stage 3] of one variant and seed, recording each stage."""
     rows, init = [], None
     suffix = f"-s{seed}" if seed else ""
     for stage in ("ucl",) if variant in NO_STAGE1 else ("pretrain", "ucl"):
