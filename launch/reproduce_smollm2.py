@@ -44,10 +44,11 @@ NO_STAGE1 = ("none", "none-mean")  # stage 2 starts from the plain base model
 # The protocol (issue 14): seeds and whether stage 3 runs, per variant.
 PLAN = {"kl": ((0, 1, 2), True), "mntp": ((0, 1, 2), True), "none": ((0, 1, 2), True),
         "nll": ((0,), False), "rc": ((0,), False), "none-mean": ((0, 1, 2), False)}
-RECIPE = {("mntp", "pretrain"): "smollm2-135m-mntp.yaml", ("mntp", "ucl"): "smollm2-135m-mntp-ucl.yaml",
-          ("mntp", "scl"): "smollm2-135m-mntp-scl.yaml", ("none-mean", "ucl"): "smollm2-135m-mntp-ucl.yaml",
-          ("none-mean", "scl"): "smollm2-135m-mntp-scl.yaml", "pretrain": "smollm2-135m-pretrain.yaml",
-          "ucl": "smollm2-135m-ucl.yaml", "scl": "smollm2-135m-scl.yaml"}
+LLM2COMP_RECIPES = {"pretrain": "smollm2-135m-pretrain.yaml", "ucl": "smollm2-135m-ucl.yaml",
+                    "scl": "smollm2-135m-scl.yaml"}
+LLM2VEC_RECIPES = {"pretrain": "smollm2-135m-mntp.yaml", "ucl": "smollm2-135m-mntp-ucl.yaml",
+                   "scl": "smollm2-135m-mntp-scl.yaml"}  # mean pooling, LLM2Vec's published settings
+RECIPES_OF = {"mntp": LLM2VEC_RECIPES, "none-mean": LLM2VEC_RECIPES}  # every other variant: LLM2COMP_RECIPES
 
 
 @dataclass
@@ -181,7 +182,7 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
           name: str = "", extra: tuple[str, ...] = (), seed: int = 0) -> tuple[str, dict]:
     name = name or f"{variant}-{stage}"
     out = f"{run.out}/runs/{name}"
-    recipe = RECIPE.get((variant, stage), RECIPE[stage])
+    recipe = RECIPES_OF.get(variant, LLM2COMP_RECIPES)[stage]
     data = {"pretrain": "compression", "ucl": "sentences", "scl": "pairs"}[stage]
     args = [f"--config={RECIPES}/{recipe}", f"data={paths[data]}", f"output_dir={out}", "train.progress=false",
             *prof.stage.get(stage, []), *extra, *([f"seed={seed}"] if seed else [])]

@@ -79,15 +79,15 @@ def paired(rows: list[dict], stage: str, a: str, b: str) -> str:
     diffs = [table[a][s]["test"] - table[b][s]["test"] for s in seeds]
     cells = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs))
     won = sum(d > 0 for d in diffs)
-    spread = ""
+    m, spread = statistics.mean(diffs), ""
     if len(diffs) > 1:
         from scipy.stats import t
 
         # What the seeds can resolve: Student's t interval of the mean paired difference (n − 1 df).
-        sd, m = statistics.stdev(diffs), statistics.mean(diffs)
+        sd = statistics.stdev(diffs)
         half = t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
         spread = f" ± {sd:.2f} sd, 95 % CI [{m - half:+.2f}, {m + half:+.2f}]"
-    return f"- {a} − {b}, STS-B test: {cells}; mean {statistics.mean(diffs):+.2f}{spread}; {a} ahead on {won} of {len(diffs)}"
+    return f"- {a} − {b}, STS-B test: {cells}; mean {m:+.2f}{spread}; {a} ahead on {won} of {len(diffs)}"
 
 
 def _tests(table: dict, variant: str) -> list[float]:

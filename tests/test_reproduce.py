@@ -124,6 +124,20 @@ def test_controls_without_stage1_start_stage2_from_the_base_with_their_recipes(t
     assert repro.stage3_lrs(results, "none", 0, ("1e-3", "3e-4")) == ("1e-3", "3e-4")
 
 
+def test_each_variant_trains_every_stage_on_its_pipelines_recipes(tmp_path, monkeypatch):
+    """mntp: LLM2Vec's recipes in every stage; kl: LLM2Comp's; the objective reaches stage 1."""
+    monkeypatch.setattr(repro, "score", lambda run, model, paths, name, test, pooling=None:
+                        {"dev": 1.0, "erank": 1.0, **({"test": 2.0} if test else {})})
+    paths = {"sentences": "s", "compression": "c", "pairs": "p"}
+    for variant, recipes in (("mntp", ("mntp", "mntp-ucl", "mntp-scl")), ("kl", ("pretrain", "ucl", "scl"))):
+        run = FakeRunner(tmp_path / variant)
+        repro.chain(run, repro.Results(str(tmp_path / variant / "r"), "cpu"), variant, 0, repro.PROFILES["cpu"],
+                    paths, "CPU", True, ("1e-3",))
+        trained = [c for c in run.commands if c[0] in ("pretrain", "contrast")]
+        assert [c[1] for c in trained] == [f"--config={repro.RECIPES}/smollm2-135m-{r}.yaml" for r in recipes]
+        assert f"objective={variant}" in trained[0] and [c[2] for c in trained] == ["data=c", "data=s", "data=p"]
+
+
 def results_tables():
     spec = importlib.util.spec_from_file_location("results_tables", ROOT / "launch" / "results_tables.py")
     tables = importlib.util.module_from_spec(spec)
