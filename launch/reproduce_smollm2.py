@@ -195,7 +195,8 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
         run("pretrain" if stage == "pretrain" else "contrast", *args, train=True)
         with open(f"{out}/wall_s", "w") as fh:
             fh.write(f"{time.monotonic() - t:.1f}\n")
-    metrics = [json.loads(l) for l in open(f"{out}/metrics.jsonl")]
+    rows = [json.loads(l) for l in open(f"{out}/metrics.jsonl")]
+    metrics = [m for m in rows if not m.get("eval")]  # training rows; eval rows carry stage 1's diagnostics
     import yaml
 
     r = yaml.safe_load(open(f"{out}/recipe.yaml"))

@@ -156,7 +156,8 @@ def losses(run_dir: Path) -> dict[int, float]:
     out = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
+        if not rec.get("eval"):  # evaluation rows carry diagnostics, not a training loss
+            out[rec["step"]] = rec["loss"]
     return out
 
 

@@ -1,9 +1,11 @@
 """A stage's output, ``OUTPUT_DIR/final/``: the small files the next stage and export read.
 
-``adapter/`` (peft folder), ``memory.safetensors``, ``recipe.yaml`` (resolved), ``tokenizer_identity.json``,
-``lineage.json``: how to rebuild the base this run's adapter applies to (the base model, then every
-earlier stage's adapter merged in order), and ``run_info.json``: the stage, the settings its modules
-really had, and what its data was made with (instruction template, maximum length), which export reads.
+``adapter/`` (peft folder), ``memory.safetensors``, ``embedding_delta.safetensors`` (when E trained an
+input-embedding delta), ``recipe.yaml`` (resolved), ``tokenizer_identity.json``, ``lineage.json``: how to
+rebuild the base this run's adapter applies to (the base model, then every earlier stage's adapter merged
+in order and their embedding deltas folded in) and the first token every input starts with, and
+``run_info.json``: the stage, the settings its modules really had, what its data was made with
+(instruction template, maximum length), which export reads, and stage 1's held-out diagnostics.
 """
 from __future__ import annotations
 
@@ -52,12 +54,19 @@ def save_artifacts(model, directory: str, world, recipe, identity: dict, lineage
             if model.memory is not None:  # mean / last pooling: no memory tokens
                 save_file({"memory": model.memory.weight.detach().float().cpu().contiguous()},
                           os.path.join(directory, "memory.safetensors"))
+            deltas = list(lineage.get("embedding_deltas", []))
+            if model.embedding_delta is not None:
+                from .modeling.embedding_delta import FILE, save_delta
+
+                save_delta(model.embedding_delta.weight, os.path.join(directory, FILE))
+                deltas.append(os.path.abspath(os.path.join(directory, FILE)))
             save_config(recipe, os.path.join(directory, "recipe.yaml"))
             with open(os.path.join(directory, "tokenizer_identity.json"), "w") as fh:
                 json.dump(identity, fh, indent=2)
             with open(os.path.join(directory, RUN_INFO), "w") as fh:
                 json.dump(info, fh, indent=2)
-            mine = {**lineage, "adapters": [*lineage["adapters"], os.path.abspath(os.path.join(directory, "adapter"))]}
+            mine = {**lineage, "adapters": [*lineage["adapters"], os.path.abspath(os.path.join(directory, "adapter"))],
+                    "embedding_deltas": deltas}
             with open(os.path.join(directory, "lineage.json"), "w") as fh:
                 json.dump(mine, fh, indent=2)
 
@@ -74,8 +83,9 @@ def read_run(run_dir: str) -> tuple[dict, Optional[torch.Tensor]]:
     with open(path) as fh:
         lineage = json.load(fh)
     missing = [a for a in lineage["adapters"] if not os.path.isdir(a)]
+    missing += [d for d in lineage.get("embedding_deltas", []) if not os.path.isfile(d)]
     if missing:
-        raise UserError(f"init.init_from {run_dir}: adapter {missing[0]} named in lineage.json is missing")
+        raise UserError(f"init.init_from {run_dir}: {missing[0]} named in lineage.json is missing")
     memory = os.path.join(final, "memory.safetensors")
     return lineage, load_file(memory)["memory"] if os.path.exists(memory) else None
 

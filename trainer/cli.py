@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--output", metavar="FILE.json")
     p.add_argument("--pooling", choices=["mean", "last", "memory"], help="for a plain causal LM")
+    p.add_argument("--first-token", metavar="TOKEN", help="for a plain causal LM: the token every input starts with "
+                   "(auto, none or a vocabulary entry, as model.first_token; default: what the tokenizer adds)")
     p.add_argument("--stsb-split", default="test", choices=["test", "dev", "train"])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--instruction", default=None,
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--text-field", default="text")
     p.add_argument("--pooling", choices=["mean", "last", "memory"], help="for a plain causal LM")
+    p.add_argument("--first-token", metavar="TOKEN", help="for a plain causal LM: the token every input starts with "
+                   "(auto, none or a vocabulary entry, as model.first_token; default: what the tokenizer adds)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (logs, scripts)")
     p.set_defaults(func=_lazy("trainer.serving.analyze"))

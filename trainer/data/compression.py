@@ -12,7 +12,8 @@ class CompressionBatches:
     that read whole texts (mntp)."""
 
     def __init__(self, dataset, micro_batch: int, world_size: int, rank: int, seed: int, pad_id: int,
-                 group_by_length: bool = True, joined: bool = False):
+                 group_by_length: bool = True, joined: bool = False, rows=None):
+        """``rows``: the dataset rows to train on (default all; stage 1 keeps its held-out windows out)."""
         self.joined = joined
         import pyarrow.compute as pc
 
@@ -21,12 +22,13 @@ class CompressionBatches:
                    + pc.list_value_length(table["continuation_ids"]).to_numpy(zero_copy_only=False))
         self.dataset = dataset
         self.pad_id = pad_id
-        self.sampler = LengthGroupedBatchSampler(np.asarray(lengths), micro_batch, world_size, rank, seed,
+        self.rows = np.arange(len(lengths)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.sampler = LengthGroupedBatchSampler(np.asarray(lengths)[self.rows], micro_batch, world_size, rank, seed,
                                                  group_by_length=group_by_length)
 
     def __iter__(self):
         for indices in self.sampler:
-            rows = self.dataset[list(map(int, indices))]
+            rows = self.dataset[self.rows[np.asarray(indices, dtype=np.int64)].tolist()]
             if self.joined:
                 ids, lengths = pad_right([c + y for c, y in zip(rows["context_ids"], rows["continuation_ids"])],
                                          self.pad_id)

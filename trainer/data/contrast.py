@@ -17,14 +17,17 @@ def _lengths(table, column: str) -> np.ndarray:
 
 class SentenceBatches:
     def __init__(self, dataset, micro_batch: int, world_size: int, rank: int, seed: int, pad_id: int,
-                 group_by_length: bool = False):
+                 group_by_length: bool = False, rows=None):
+        """``rows``: the dataset rows to train on (default all; mntp keeps its held-out texts out)."""
         self.dataset, self.pad_id = dataset, pad_id
-        self.sampler = _sampler(_lengths(dataset.data.table, "input_ids"), micro_batch, world_size, rank, seed,
-                                group_by_length)
+        lengths = _lengths(dataset.data.table, "input_ids")
+        self.rows = np.arange(len(lengths)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.sampler = _sampler(np.asarray(lengths)[self.rows], micro_batch, world_size, rank, seed, group_by_length)
 
     def __iter__(self):
         for indices in self.sampler:
-            ids, lengths = pad_right(self.dataset[list(map(int, indices))]["input_ids"], self.pad_id)
+            ids, lengths = pad_right(self.dataset[self.rows[np.asarray(indices, dtype=np.int64)].tolist()]["input_ids"],
+                                     self.pad_id)
             yield {"ids": ids, "lengths": lengths}
 
     def state_dict(self) -> dict:

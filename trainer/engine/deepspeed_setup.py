@@ -53,11 +53,18 @@ def load_ds_config(path: str, train: TrainSettings, optim: OptimSettings, micro_
 
 
 def lr_lambda(optim: OptimSettings, max_steps: int):
-    warmup = int(round(optim.warmup_ratio * max_steps))
+    """The learning-rate factor per step: warm-up (from ``warmup_start_lr``, linear or log), then the
+    schedule's decay from ``lr`` to ``min_lr_ratio * lr``."""
+    warmup = optim.warmup_steps if optim.warmup_steps is not None else int(round(optim.warmup_ratio * max_steps))
+    start = optim.warmup_start_lr / optim.lr
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            if optim.warmup_type == "log":  # DeepSpeed WarmupDecayLR: log(step + 1) / log(warmup)
+                rise = math.log(step + 1) / math.log(warmup) if warmup > 1 else 1.0
+            else:  # from a floor: exactly start at step 0; from zero: lr / warmup at step 0, not a wasted step
+                rise = step / warmup if start > 0 else (step + 1) / warmup
+            return start + (1 - start) * rise
         if optim.schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))

@@ -49,6 +49,8 @@ class Task(Protocol):
     def loss(self, engine, batch: dict) -> LossOutput: ...
     def update(self, engine, out: LossOutput) -> None: ...  # backward(s) and engine.step()(s) of one batch
     def save_artifacts(self, engine, directory: str, world: World) -> None: ...
+    # Optional: ``evaluate(engine) -> dict`` of figures (every rank calls it; the figures are global) and
+    # ``eval_summary(figures) -> str``; the loop runs it every ``train.eval_every`` steps and at the end.
 
 
 def seed_everything(seed: int, rank: int) -> None:
@@ -114,6 +116,18 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
     def save(at: int) -> None:
         ckpt.save(engine, at, {"step": at, "data": data.state_dict(), "train_s": trained_s()})
 
+    evaluate = getattr(task, "evaluate", None)
+    last_eval = {"step": None, "figures": None}
+
+    def run_eval(at: int) -> None:
+        t = time.monotonic()
+        figures = evaluate(engine)
+        if figures:
+            metrics.log_eval(at, {**figures, "eval_s": time.monotonic() - t})
+            describe = getattr(task, "eval_summary", None)
+            say(f"eval at step {at}: {describe(figures) if describe else figures}")
+        last_eval.update(step=at, figures=figures)
+
     batches = iter(data)
     nonfinite_run = skipped = 0
     window_loss, window_n, window_tokens, t_window = 0.0, 0, 0, time.monotonic()
@@ -121,6 +135,8 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
     exit_code = 0
     t_loop = time.monotonic()
     try:
+        if evaluate is not None and train_cfg.eval_at_start and step == 0:
+            run_eval(0)  # the untrained memory: what the run starts from
         while step < train_cfg.max_steps:
             batch = _to_device(next(batches), device)
             out = task.loss(engine, batch)
@@ -170,14 +186,23 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
                 say(f"stop requested by signal: checkpoint at step {step} written; exiting with {REQUEUE_EXIT} (requeue)")
                 exit_code = REQUEUE_EXIT
                 break
+            if evaluate is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0 \
+                    and step < train_cfg.max_steps:
+                run_eval(step)
             if step % train_cfg.save_every == 0 and step < train_cfg.max_steps:
                 save(step)
                 last_saved = step
         else:
+            if evaluate is not None and last_eval["step"] != step:
+                run_eval(step)
             if last_saved != step or not ckpt.latest():
                 save(step)
             task.save_artifacts(engine, os.path.join(train_cfg.output_dir, "final"), world)
-            say(f"done: {step} steps; artifacts in {os.path.join(train_cfg.output_dir, 'final')}")
+            final = ""
+            if last_eval["figures"]:
+                describe = getattr(task, "eval_summary", None)
+                final = f"; held-out: {describe(last_eval['figures']) if describe else last_eval['figures']}"
+            say(f"done: {step} steps; artifacts in {os.path.join(train_cfg.output_dir, 'final')}{final}")
     finally:
         metrics.close()
     shutdown()

@@ -28,6 +28,7 @@ class MetricsLogger:
         self.tb = None
         self.wandb = None
         self.bar: Optional[tqdm] = None
+        self.postfix: dict = {}  # the progress bar's figures: the last loss and the last evaluation's
         if not enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
@@ -53,8 +54,27 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}, step=step)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}",
-                                 tok_s=f"{values.get('tokens_per_s', 0):,.0f}", refresh=False)
+            self.postfix.update(loss=f"{values.get('loss', float('nan')):.4f}",
+                                tok_s=f"{values.get('tokens_per_s', 0):,.0f}")
+            self.bar.set_postfix(self.postfix, refresh=False)
+
+    def log_eval(self, step: int, figures: dict) -> None:
+        """An evaluation: one ``"eval": true`` row in metrics.jsonl, ``eval/NAME`` scalars in TensorBoard and
+        W&B, and its headline figure on the progress bar."""
+        if not self.enabled:
+            return
+        record = {"step": step, "eval": True, **figures, "time": time.time()}
+        self.file.write(json.dumps(record) + "\n")
+        scalars = {f"eval/{k}": v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.tb:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+        if self.bar is not None:
+            headline = {k: figures[k] for k in ("recovered", "mntp_accuracy") if k in figures}
+            self.postfix.update({k: f"{v:.3f}" for k, v in headline.items()})
+            self.bar.set_postfix(self.postfix, refresh=False)
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 from ..config import ConfigError
 
@@ -14,13 +14,24 @@ class OptimSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_ratio: float = 0.1
+    warmup_steps: Optional[int] = None  # overrides warmup_ratio (the authors: 3,200 of 32,000 in stage 1)
+    # Warm-up goes from this learning rate to ``lr`` (the authors' WarmupDecayLR warmup_min_lr, 1e-5);
+    # 0: from lr / warmup at the first step.
+    warmup_start_lr: float = 0.0
+    warmup_type: Literal["linear", "log"] = "linear"  # log: DeepSpeed WarmupDecayLR's default curve
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # where the decay ends, as a fraction of lr (the authors decay to 1e-5 / 1e-4)
     grad_clip: float = 2.0
 
     def validate(self) -> None:
         if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.grad_clip < 0:
             raise ConfigError("optim: need lr > 0, 0 <= warmup_ratio < 1, grad_clip >= 0")
+        if not 0 <= self.warmup_start_lr <= self.lr:
+            raise ConfigError(f"optim.warmup_start_lr must be in [0, optim.lr = {self.lr:g}], got {self.warmup_start_lr:g}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass
@@ -38,6 +49,10 @@ class TrainSettings:
     keep_last: int = 2
     resume: str = "auto"  # auto | never | path of a checkpoint directory
     max_nonfinite: int = 5  # abort after this many non-finite losses in a row
+    # The task's evaluation (stage 1: compression diagnostics on held-out windows) every this many steps and
+    # at the end; 0: at the end only. ``eval_at_start``: also before the first step (untrained memory).
+    eval_every: int = 0
+    eval_at_start: bool = True
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
     tensorboard: bool = True  # false turns TensorBoard off whatever report_to says (older recipes)
     progress: bool = True
@@ -46,3 +61,5 @@ class TrainSettings:
         for name in ("max_steps", "micro_batch", "grad_accum", "log_every", "save_every", "max_nonfinite"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"train.eval_every must be >= 0, got {self.eval_every}")

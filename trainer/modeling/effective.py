@@ -9,7 +9,7 @@ the run directory (``effective_settings.json``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from torch import nn
@@ -18,6 +18,11 @@ from data_prep.errors import UserError
 
 from .adapters import lora_layers
 from .dropout import attention_modules
+from .memory import embedding_stats, pairwise_cosine, slot_spread
+
+# Below this spread (slot_spread: distance of the slots from their centre over the tokens' spread), fresh
+# slots are K near-copies of one point ('mean' init, ~0.01); 'sampled' slots read ~0.9.
+MEAN_INIT_SPREAD = 0.1
 
 
 class SettingsMismatch(UserError):
@@ -38,6 +43,10 @@ class Expected:
     pooling: str
     memory_tokens: int  # 0 for mean / last pooling
     memory_trainable: bool
+    first_token_ids: list[int] = field(default_factory=list)  # what model.first_token resolved to
+    memory_init: str = "sampled"  # how fresh memory slots were drawn (model.memory_init)
+    memory_source: str = "fresh"  # fresh | the run the slots were carried from
+    input_embeddings_trainable: bool = False  # model.train_input_embeddings
 
 
 def _dropout_rate(module: nn.Module) -> float:
@@ -60,7 +69,14 @@ def read_effective(compressor) -> dict:
     names = {id(m): n for n, m in model.named_modules()}
     implementations = [getattr(m, "config", compressor.config)._attn_implementation for m in attn]
     trainable = [(n, p) for n, p in compressor.named_parameters() if p.requires_grad]
-    strays = [n for n, _ in trainable if "lora_" not in n and not n.startswith("memory.")]
+    strays = [n for n, _ in trainable if "lora_" not in n and not n.startswith(("memory.", "embedding_delta."))]
+    memory = compressor.memory.weight if compressor.memory is not None else None
+    delta = compressor.embedding_delta
+    spread = None
+    if memory is not None:
+        base = compressor.model.get_base_model()
+        _, std = embedding_stats(base.get_input_embeddings(), compressor.config.get_text_config().vocab_size)
+        spread = round(slot_spread(memory, std), 4)
     return {
         "model_type": compressor.config.model_type,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -78,8 +94,14 @@ def read_effective(compressor) -> dict:
         },
         "pooling": compressor.pooling,
         "packing": compressor.packing,
+        "first_token_ids": compressor.prefix_ids.tolist(),
         "memory_tokens": {"k": compressor.k,
-                          "trainable": compressor.memory is not None and bool(compressor.memory.weight.requires_grad)},
+                          "trainable": memory is not None and bool(memory.requires_grad),
+                          # Before any step: distinct slots read well below 1 (K copies of one point read ~1).
+                          "pairwise_cosine": round(pairwise_cosine(memory), 4) if memory is not None else None,
+                          "spread": spread,
+                          "norm": round(float(memory.detach().float().norm(dim=-1).mean()), 4) if memory is not None else None},
+        "input_embeddings_trainable": delta is not None and bool(delta.weight.requires_grad),
         "trainable_parameters": sum(p.numel() for _, p in trainable),
         "frozen_base": not strays,
         "trainable_outside_lora_and_memory": strays[:3],
@@ -104,9 +126,16 @@ def mismatches(effective: dict, want: Expected) -> list[str]:
         ("model.pooling", want.pooling, effective["pooling"]),
         ("model.memory_tokens", want.memory_tokens, effective["memory_tokens"]["k"]),
         ("memory tokens trainable", want.memory_trainable, effective["memory_tokens"]["trainable"]),
+        ("model.first_token ids", list(want.first_token_ids), effective["first_token_ids"]),
+        ("model.train_input_embeddings", want.input_embeddings_trainable, effective["input_embeddings_trainable"]),
         ("frozen base (only LoRA and memory tokens train)", True, effective["frozen_base"]),
         ("training mode (dropout active)", True, effective["training_mode"]),
     ]
+    spread = effective["memory_tokens"]["spread"]
+    if want.memory_source == "fresh" and spread is not None and want.memory_tokens > 1:
+        # The slots as drawn: 'sampled' must be distinct, 'mean' near-copies of one point.
+        looks = "mean" if spread < MEAN_INIT_SPREAD else "sampled"
+        checks.append(("model.memory_init (read from the slots' spread)", want.memory_init, looks))
     out = [f"{key}: recipe {a!r}, modules {b!r}" for key, a, b in checks if a != b]
     if effective["attention_modules"] == 0:
         out.append("no attention module found")
@@ -125,9 +154,11 @@ def verify(compressor, want: Expected, probe: Optional[dict] = None) -> dict:
 
 
 def expected_for(settings, attention: str, attention_dropout: float, row_seeded: bool,
-                 memory_trainable: bool = True) -> Expected:
+                 memory_trainable: bool = True, prefix_ids: Optional[list[int]] = None,
+                 memory_source: str = "fresh") -> Expected:
     """``settings``: the recipe's ModelSettings; ``attention``: what the loader resolved it to;
-    ``memory_trainable``: whether the stage trains the memory tokens (when the pooling has them)."""
+    ``memory_trainable``: whether the stage trains the memory tokens (when the pooling has them);
+    ``prefix_ids``: what ``model.first_token`` resolved to; ``memory_source``: fresh or carried."""
     if row_seeded and attention_dropout > 0:
         from .row_dropout import ATTENTION_NAME
 
@@ -136,7 +167,8 @@ def expected_for(settings, attention: str, attention_dropout: float, row_seeded:
     memory = settings.pooling == "memory"
     return Expected(attention, float(attention_dropout), row_seeded, lora.r, lora.alpha, lora.dropout,
                     list(lora.target_modules), settings.pooling, settings.memory_tokens if memory else 0,
-                    memory and memory_trainable)
+                    memory and memory_trainable, list(prefix_ids or []), settings.memory_init, memory_source,
+                    bool(settings.train_input_embeddings))
 
 
 def write_effective(effective: dict, output_dir: str) -> str:
@@ -160,9 +192,13 @@ def summary(effective: dict) -> str:
         f"{', row-seeded' if effective['attention_dropout_row_seeded'] else ''})",
         f"LoRA r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} on {','.join(lora['targets'])}"
         f" ({lora['layers']} layers)",
+        f"first token {effective['first_token_ids'] or 'none'}",
         f"pooling {effective['pooling']}" + (f" of K={effective['memory_tokens']['k']} memory tokens"
                                               f"{'' if effective['memory_tokens']['trainable'] else ' (frozen)'}"
+                                              f", pairwise cosine {effective['memory_tokens']['pairwise_cosine']}"
+                                              f", spread {effective['memory_tokens']['spread']}"
                                               if effective["memory_tokens"]["k"] else ""),
+        *(["E's input-embedding delta trains"] if effective.get("input_embeddings_trainable") else []),
         f"{effective['trainable_parameters']:,} trainable parameters",
         f"packing {effective['packing']} tokens a row" if effective.get("packing") else "padded batches",
     ]

@@ -6,14 +6,32 @@ from typing import Optional
 import torch
 from torch import nn
 
+MEMORY_INITS = ("sampled", "mean")
+
 
 @torch.no_grad()
-def initial_memory(embedding: nn.Module, vocab_size: int, k: int, seed: int = 0, chunk: int = 8192) -> torch.Tensor:
-    """Near the mean input embedding, as a vocabulary resize with mean initialisation would place new
-    tokens; a tiny seeded perturbation keeps the K slots distinct.
+def initial_memory(embedding: nn.Module, vocab_size: int, k: int, seed: int = 0, mode: str = "sampled",
+                   chunk: int = 8192) -> torch.Tensor:
+    """K starting memory embeddings from the statistics of the real token embeddings.
+
+    ``sampled`` (default): each slot drawn from N(mean, diag(std²)) of the vocabulary's embeddings, so the
+    slots are distinct and at the scale of real tokens (on SmolLM2: norm ~3.3 against 3.2 for real tokens,
+    pairwise cosine ~0.45 as between real tokens), where a vocabulary resize would put new tokens.
+    ``mean``: the mean embedding plus 1e-2 x std noise; K near-copies of one point (pairwise cosine ~0.9999).
 
     The statistics are of the embedding module's *output* (memory vectors are spliced in after it), which
     differs from its weight in models that scale embeddings (Gemma multiplies by sqrt(hidden))."""
+    if mode not in MEMORY_INITS:
+        raise ValueError(f"memory init {mode!r}: expected one of {MEMORY_INITS}")
+    mean, std = embedding_stats(embedding, vocab_size, chunk)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(k, mean.shape[0], generator=g).to(mean.device) * std
+    return (mean + noise * (1.0 if mode == "sampled" else 1e-2)).to(embedding.weight.dtype)
+
+
+@torch.no_grad()
+def embedding_stats(embedding: nn.Module, vocab_size: int, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation of the embedding module's output over the vocabulary (fp32)."""
     total = sq = None
     for start in range(0, vocab_size, chunk):
         ids = torch.arange(start, min(start + chunk, vocab_size), device=embedding.weight.device)
@@ -21,10 +39,25 @@ def initial_memory(embedding: nn.Module, vocab_size: int, k: int, seed: int = 0,
         s, q = out.sum(0), (out * out).sum(0)
         total, sq = (s, q) if total is None else (total + s, sq + q)
     mean = total / vocab_size
-    std = (sq / vocab_size - mean * mean).clamp_min(0).sqrt()
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(k, mean.shape[0], generator=g).to(mean.device) * std * 1e-2
-    return (mean + noise).to(embedding.weight.dtype)
+    return mean, (sq / vocab_size - mean * mean).clamp_min(0).sqrt()
+
+
+@torch.no_grad()
+def slot_spread(memory: torch.Tensor, token_std: torch.Tensor) -> float:
+    """How far the slots lie from their own centre, in units of the tokens' spread: mean_i |m_i - m̄| over
+    |std| (the root of the tokens' total variance). 'sampled' slots: ~sqrt((K-1)/K); 'mean': ~0.01."""
+    m = memory.detach().float()
+    return float((m - m.mean(0)).norm(dim=-1).mean() / token_std.to(m.device).norm().clamp_min(1e-12))
+
+
+def pairwise_cosine(memory: torch.Tensor) -> float:
+    """Mean cosine similarity between distinct slots (1.0: all slots one direction)."""
+    k = memory.shape[0]
+    if k < 2:
+        return 1.0
+    x = nn.functional.normalize(memory.detach().float(), dim=-1)
+    c = x @ x.T
+    return float((c.sum() - c.diagonal().sum()) / (k * (k - 1)))
 
 
 def splice_after_text(embeds: torch.Tensor, lengths: torch.Tensor, memory: torch.Tensor):

@@ -85,7 +85,8 @@ def run(args) -> int:
     from .evaluation.models import load_encoder
 
     texts, pairs = read_input(args.input, args.text_field)
-    encode = load_encoder(args.model, args.pooling, args.batch_size, progress=args.progress)
+    encode = load_encoder(args.model, args.pooling, args.batch_size, progress=args.progress,
+                          first_token=args.first_token)
     report = {"model": args.model, "input": args.input, **analyze(encode(texts), pairs)}
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "analysis.json"), "w") as fh:

@@ -94,6 +94,11 @@ def load_export(path: str, device: str, dtype=None, base_model: Optional[str] = 
                                   base.get("config_overrides"), base.get("seed", 0), device=device)
         for adapter in config["adapters"]:
             model = PeftModel.from_pretrained(model, os.path.join(path, adapter)).merge_and_unload()
+        if config.get("embedding_deltas"):
+            from ..modeling.embedding_delta import fold_delta
+
+            for delta in config["embedding_deltas"]:
+                fold_delta(model.get_input_embeddings(), os.path.join(path, delta))
     else:
         from ..modeling.loading import load_config
 

@@ -10,8 +10,11 @@ def run(args) -> int:
     from .evaluation.sts import evaluate, find_sets, markdown
 
     sets = find_sets(args.data, args.stsb_split)
-    encode = load_encoder(args.model, args.pooling, args.batch_size, args.instruction, progress=args.progress)
+    encode = load_encoder(args.model, args.pooling, args.batch_size, args.instruction, progress=args.progress,
+                          first_token=args.first_token)
     name = args.model if not args.pooling else f"{args.model} ({args.pooling} pooling)"
+    if args.first_token:
+        name += f", first token {args.first_token}"
     if args.instruction:
         name += f", instruction {args.instruction!r}"
     report = evaluate(encode, sets, name)

@@ -114,6 +114,7 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
     os.makedirs(output, exist_ok=True)
     pooling = recipe["model"].get("pooling", "memory")
     adapters = []
+    deltas = list(lineage.get("embedding_deltas", []))
     if adapter_only:
         for i, (adapter, info) in enumerate(zip(lineage["adapters"], infos)):
             rel = os.path.join("adapters", f"{i}-{info.get('stage', 'stage')}")
@@ -124,6 +125,10 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
             adapter_cfg["base_model_name_or_path"] = base.get("name") or base_name  # not the training machine's path
             _write_json(cfg_path, adapter_cfg)
             adapters.append(rel)
+        for i, delta in enumerate(deltas):
+            rel = os.path.join("adapters", f"embedding_delta-{i}.safetensors")
+            shutil.copyfile(delta, os.path.join(output, rel))
+            deltas[i] = rel
         hidden = memory.shape[1] if memory is not None else None
         from ..modeling.loading import load_config
 
@@ -133,6 +138,11 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
         model, _ = load_causal_lm(base["path"], model_dtype, "auto", base["random_init"], base["config_overrides"], base["seed"])
         for adapter in lineage["adapters"]:
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        if deltas:  # E's trained input embeddings, folded in as every later stage saw them
+            from ..modeling.embedding_delta import fold_delta
+
+            for delta in deltas:
+                fold_delta(model.get_input_embeddings(), delta)
         model.config._name_or_path = base_name  # not the training machine's folder
         model.save_pretrained(output, safe_serialization=True)
         hidden = model.config.get_text_config().hidden_size
@@ -154,7 +164,8 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
         "format_version": FORMAT_VERSION,
         "memory_tokens": int(memory.shape[0]) if pooling == "memory" else 0,
         "pooling": pooling,
-        "prefix_ids": identity["prefix_ids"],
+        # The first token training used (model.first_token); runs from before the setting used the tokenizer's.
+        "prefix_ids": lineage.get("prefix_ids", identity["prefix_ids"]),
         "pad_id": tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0),
         **text,
         "trained_attention": trained_attention,
@@ -162,7 +173,7 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
         "lineage": public_lineage(lineage, infos),
     }
     if adapter_only:
-        config.update(adapter_only=True, adapters=adapters, weights_dtype=weights_dtype,
+        config.update(adapter_only=True, adapters=adapters, embedding_deltas=deltas, weights_dtype=weights_dtype,
                       base_model={"name": base.get("name") or base_name, "random_init": base["random_init"],
                                   "config_overrides": base["config_overrides"], "seed": base["seed"]})
     _write_json(os.path.join(output, CONFIG), config)

@@ -63,6 +63,9 @@ class LLM2CompModule(nn.Module):
         if config.get("adapter_only"):
             for adapter in config["adapters"]:
                 shutil.copytree(os.path.join(self.path, adapter), os.path.join(path, adapter), dirs_exist_ok=True)
+            for delta in config.get("embedding_deltas", []):
+                os.makedirs(os.path.dirname(os.path.join(path, delta)), exist_ok=True)
+                shutil.copyfile(os.path.join(self.path, delta), os.path.join(path, delta))
         else:
             self.model.save_pretrained(path, safe_serialization=safe_serialization)
         self.tokenizer.save_pretrained(path)

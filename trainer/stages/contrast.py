@@ -68,6 +68,17 @@ class ContrastRecipe:
     ALIASES: ClassVar[dict[str, str]] = {**COMMON_ALIASES, "init_from": "init.init_from", "chunk": "contrast.chunk",
                                          "pooling": "model.pooling"}
 
+    def validate(self) -> None:
+        if self.model.train_input_embeddings:
+            raise ConfigError("model.train_input_embeddings is a stage-1 option: a contrastive stage keeps the "
+                              "encoder's embeddings as its init_from run left them")
+
+    @property
+    def train_memory(self) -> bool:
+        """Stages 2-3 keep the memory embeddings frozen unless the recipe says otherwise (the authors merge
+        the adapter and attach a fresh LoRA, which leaves only LoRA trainable)."""
+        return bool(self.model.train_memory)
+
 
 class ContrastTask:
     def __init__(self, recipe: ContrastRecipe):
@@ -88,7 +99,9 @@ class ContrastTask:
         model, self.identity, self.lineage = build_model(r.model, r.train.seed, lineage, memory, device)
         model.packing = r.data.max_tokens_per_row if r.data.packing else None
         self.effective = prepare_for_training(model, r.model, device, attention_dropout=r.contrast.attention_dropout,
-                                              row_seeded=True, gradient_checkpointing=r.train.gradient_checkpointing)
+                                              row_seeded=True, gradient_checkpointing=r.train.gradient_checkpointing,
+                                              train_memory=r.train_memory, prefix_ids=self.lineage["prefix_ids"],
+                                              memory_source=r.init.init_from if memory is not None else "fresh")
         self.pad_id = model.pad_id
         return model
 

@@ -1,6 +1,7 @@
 """Stage 1, compression pretraining (DESIGN.md §1): ``llm2comp pretrain --config RECIPE.yaml [key=value ...]``."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional
 
@@ -42,10 +43,25 @@ class ObjectiveSettings:
             raise ConfigError(f"objective.loss_chunk must be at least 1, got {self.loss_chunk}")
 
 @dataclass
+class EvalSettings:
+    """The held-out windows of the compression diagnostics (``trainer/objectives/diagnostics.py``), run every
+    ``train.eval_every`` steps and at the end; the rule that picks them: ``trainer/data/holdout.py``."""
+
+    windows: int = 256  # 0: no diagnostics
+    path: str = ""  # a separate `llm2comp prep compression` output; empty: held out of data.path
+    micro_batch: int = 0  # 0: train.micro_batch
+
+    def validate(self) -> None:
+        if self.windows < 0 or self.micro_batch < 0:
+            raise ConfigError("eval: need windows >= 0 and micro_batch >= 0")
+
+
+@dataclass
 class PretrainRecipe:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
@@ -55,6 +71,15 @@ class PretrainRecipe:
         if self.objective.kind != "mntp" and self.model.pooling != "memory":
             raise ConfigError(f"objective {self.objective.kind} compresses into memory tokens: it needs "
                               f"model.pooling=memory, got {self.model.pooling} (mntp trains any pooling)")
+        if self.objective.kind == "mntp" and self.model.train_memory:
+            raise ConfigError("model.train_memory true with objective mntp: its loss never reaches the memory tokens")
+
+    @property
+    def train_memory(self) -> bool:
+        """Stage 1 trains the memory tokens unless the recipe says not to (mntp cannot reach them)."""
+        if self.objective.kind == "mntp":
+            return False
+        return True if self.model.train_memory is None else self.model.train_memory
 
 class PretrainTask:
     def __init__(self, recipe: PretrainRecipe):
@@ -67,7 +92,8 @@ class PretrainTask:
 
         r = self.recipe
         mntp = r.objective.kind == "mntp"
-        model, self.identity, self.lineage = build_model(r.model, r.train.seed, device=device)
+        model, self.identity, self.lineage = build_model(r.model, r.train.seed, device=device,
+                                                         embedding_delta=r.model.train_input_embeddings)
         model.loss_chunk = r.objective.loss_chunk
         model.packing = r.data.max_tokens_per_row if r.data.packing else None
         if mntp:
@@ -75,7 +101,7 @@ class PretrainTask:
         # mntp never reaches the memory tokens (memory pooling after an mntp stage 1 starts from fresh ones).
         self.effective = prepare_for_training(model, r.model, device, attention_dropout=0.0, row_seeded=False,
                                               gradient_checkpointing=r.train.gradient_checkpointing,
-                                              train_memory=not mntp)
+                                              train_memory=r.train_memory, prefix_ids=self.lineage["prefix_ids"])
         self.pad_id = model.pad_id
         return model
 
@@ -88,11 +114,74 @@ class PretrainTask:
         kinds = ("compression", "sentences") if mntp else "compression"
         dataset, self.manifest = open_shards(r.data.path, kinds, self.identity, r.data.verify_shards)
         self.world = world
+        rows = self.build_eval(dataset, kinds)
         if self.manifest["kind"] == "sentences":
             return SentenceBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed, self.pad_id,
-                                   r.data.group_by_length)
+                                   r.data.group_by_length, rows=rows)
         return CompressionBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed,
-                                  self.pad_id, r.data.group_by_length, joined=mntp)
+                                  self.pad_id, r.data.group_by_length, joined=mntp, rows=rows)
+
+    # -- the held-out diagnostics ------------------------------------------------------------------
+    def build_eval(self, dataset, kinds):
+        """Pick the held-out rows (``trainer/data/holdout.py``) and batch this rank's share; returns the rows
+        left to train on (None: all)."""
+        from ..data import holdout
+        from ..data.shards import open_shards
+
+        e, r, world = self.recipe.eval, self.recipe, self.world
+        self.eval_batches, self.eval_info, train_rows = [], None, None
+        if e.windows == 0:
+            return None
+        source = dataset
+        if e.path and os.path.abspath(e.path) != os.path.abspath(r.data.path):
+            source, _ = open_shards(e.path, kinds, self.identity, r.data.verify_shards)
+            rows = holdout.select(source.data.table["doc_id"].to_numpy(zero_copy_only=False), e.windows)
+        else:
+            rows, train_rows = holdout.hold_out(dataset.data.table["doc_id"].to_numpy(zero_copy_only=False), e.windows)
+            if len(train_rows) < r.train.micro_batch * world.size:
+                raise ConfigError(f"eval.windows {e.windows} leaves {len(train_rows)} of {len(dataset)} rows of "
+                                  f"{r.data.path} to train on; lower it or give eval.path")
+        self.eval_batches = holdout.eval_batches(source, rows, e.micro_batch or r.train.micro_batch, world.size,
+                                                 world.rank, self.pad_id, joined=r.objective.kind == "mntp")
+        self.eval_info = {"windows": int(len(rows)), "source": e.path or r.data.path,
+                          "held_out_of_training": train_rows is not None,
+                          "rows_left_to_train": int(len(train_rows)) if train_rows is not None else len(dataset)}
+        return train_rows
+
+    def evaluate(self, engine) -> dict:
+        """The diagnostics of the current weights on the held-out rows, summed over ranks (eval mode: no
+        LoRA dropout). Every rank runs the same number of forwards."""
+        from ..objectives import diagnostics
+
+        if not self.eval_batches and self.eval_info is None:
+            return {}
+        o = self.recipe.objective
+        module = engine.module
+        was_training = module.training
+        module.eval()
+        device = next(module.parameters()).device
+        total = None
+        try:
+            with torch.no_grad():
+                for batch in self.eval_batches:
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    if o.kind == "mntp":
+                        sums = engine("diagnose_mntp", ratio=o.mask_ratio, mask_id=self.mask_id, mode=o.mask_mode, **batch)
+                    else:
+                        sums = engine("diagnose", **batch)
+                    total = sums.double() if total is None else total + sums.double()
+        finally:
+            module.train(was_training)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(total)
+        figures = diagnostics.mntp_figures(total) if o.kind == "mntp" else diagnostics.compression_figures(total)
+        self.last_eval = figures
+        return figures
+
+    def eval_summary(self, figures: dict) -> str:
+        from ..objectives.diagnostics import summary
+
+        return summary(figures)
 
     def loss(self, engine, batch) -> LossOutput:
         o = self.recipe.objective
@@ -116,7 +205,8 @@ class PretrainTask:
 
     def run_info(self) -> dict:
         return {"stage": "pretrain", "objective": self.recipe.objective.kind, "effective": self.effective,
-                "data": data_summary(self.manifest)}
+                "data": data_summary(self.manifest), "diagnostics": getattr(self, "last_eval", None),
+                "eval_data": self.eval_info}
 
     def save_artifacts(self, engine, directory: str, world) -> None:
         save_artifacts(engine.module, directory, world, self.recipe, self.identity, self.lineage, self.run_info())

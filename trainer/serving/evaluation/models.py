@@ -14,18 +14,25 @@ POOLINGS = ("mean", "last", "memory")
 
 
 def load_encoder(path: str, pooling: Optional[str] = None, batch_size: int = 32,
-                 instruction: Optional[str] = None, progress: bool = True) -> Callable[[list[str]], np.ndarray]:
-    """``progress``: a progress bar (stderr) for every call's batches."""
+                 instruction: Optional[str] = None, progress: bool = True,
+                 first_token: Optional[str] = None) -> Callable[[list[str]], np.ndarray]:
+    """``progress``: a progress bar (stderr) for every call's batches; ``first_token``: for a plain causal LM
+    (``model.first_token``'s values; None: what the tokenizer adds). An export knows its own."""
     from data_prep.hub import local_folder
 
     from ..encoder import CONFIG, Encoder
 
     path = local_folder(path, "--model")  # an export, sentence-transformers model or causal LM, or its Hub id
     if os.path.exists(os.path.join(path, CONFIG)):
+        if first_token:
+            raise UserError(f"--first-token: {path} is an llm2comp export, which keeps the first token it trained with")
         enc = Encoder.from_pretrained(path)
         return lambda texts: enc.encode(texts, batch_size=batch_size, instruction=instruction, show_progress_bar=progress)
     if instruction:
         raise UserError(f"--instruction: {path} is not an llm2comp export, which alone knows its instruction template")
+    if first_token and (os.path.exists(os.path.join(path, "modules.json"))
+                        or not os.path.exists(os.path.join(path, "config.json"))):
+        raise UserError(f"--first-token: {path} is not a plain causal LM (an encoder keeps the first token it trained with)")
     if os.path.exists(os.path.join(path, "modules.json")):
         from sentence_transformers import SentenceTransformer
 
@@ -35,7 +42,7 @@ def load_encoder(path: str, pooling: Optional[str] = None, batch_size: int = 32,
     if os.path.exists(os.path.join(path, "config.json")):
         if pooling not in POOLINGS:
             raise UserError(f"--model {path} is a plain causal LM: choose --pooling {'|'.join(POOLINGS)}")
-        return PooledLM(path, pooling).encoder(batch_size, progress)
+        return PooledLM(path, pooling, first_token=first_token).encoder(batch_size, progress)
     raise UserError(f"--model {path}: neither an llm2comp export, a sentence-transformers folder nor a HF model")
 
 
@@ -43,7 +50,7 @@ class PooledLM:
     """Baselines on an untrained causal LM: mean or last-token pooling (causal, as the LM was trained), or
     the LLM2Comp encoding with K fresh memory tokens (bidirectional) before any training."""
 
-    def __init__(self, path: str, pooling: str, k: int = 8):
+    def __init__(self, path: str, pooling: str, k: int = 8, first_token: Optional[str] = None):
         from data_prep.tokenizer import load_tokenizer, tokenizer_identity
         from transformers import AutoModelForCausalLM
 
@@ -57,7 +64,11 @@ class PooledLM:
         attention = resolve_attention("auto", load_config(path))
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention).to(self.device).eval()
         self.tok = load_tokenizer(path)
-        self.prefix = torch.tensor(tokenizer_identity(self.tok)["prefix_ids"], dtype=torch.long)
+        identity = tokenizer_identity(self.tok)
+        from ...modeling.first_token import resolve_first_token
+
+        prefix = resolve_first_token(self.tok, identity, first_token) if first_token else identity["prefix_ids"]
+        self.prefix = torch.tensor(prefix, dtype=torch.long)
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.pooling = pooling
         emb = self.model.get_input_embeddings()
