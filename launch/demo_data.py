@@ -34,12 +34,46 @@ def _head(src: str, dst: str, n: int) -> None:
         d.writelines(itertools.islice(s, n))
 
 
+def sts_sample(lines: list[str], n: int) -> list[str]:
+    """A fixed sample of ``n`` STS-B pairs that stands for the whole file: stratified by source set (each of
+    the three genres has two or more: MSRvid, images and track5 are captions, answer-answer forums, MSRpar
+    and headlines news) and by gold score (bins [0,1) .. [4,5]). Each stratum gets its share of ``n`` (largest
+    remainders, every non-empty stratum at least one pair when ``n`` allows), taken evenly spaced through the
+    stratum in file order. No randomness: the same file and ``n`` always give the same pairs, in file order.
+    ``n`` >= the file's size: every pair."""
+    if n >= len(lines):
+        return list(lines)
+    strata: dict[tuple[str, str, int], list[int]] = {}
+    for i, line in enumerate(lines):
+        cols = line.rstrip("\n").split("\t")
+        strata.setdefault((cols[0], cols[1], min(int(float(cols[4])), 4)), []).append(i)
+    keys = sorted(strata)
+    exact = {k: n * len(strata[k]) / len(lines) for k in keys}
+    quota = {k: int(exact[k]) for k in keys}
+    if n >= len(keys):  # every stratum is represented
+        for k in keys:
+            quota[k] = max(quota[k], 1)
+    for k in sorted(keys, key=lambda k: (quota[k] - exact[k], k)):  # the largest remainders first
+        if sum(quota.values()) >= n:
+            break
+        if quota[k] < len(strata[k]):
+            quota[k] += 1
+    while sum(quota.values()) > n:  # the minimum of one overshot n: take back from the largest strata
+        k = max(keys, key=lambda k: (quota[k], k))
+        quota[k] -= 1
+    chosen = [strata[k][int((j + 0.5) * len(strata[k]) / quota[k])] for k in keys for j in range(quota[k])]
+    return [lines[i] for i in sorted(chosen)]
+
+
 def from_shared(data: str, out: str, sts_pairs: int) -> None:
     # Held-out paragraphs (valid split): the demo never trains on what the reproduction trains on.
     _head(f"{data}/corpus/wiki_paragraphs.valid.jsonl.gz", f"{out}/samples/paragraphs.jsonl", PARAGRAPHS)
     _head(f"{data}/corpus/wiki_sentences.txt.gz", f"{out}/samples/sentences.txt", SENTENCES)
     shutil.copy(f"{data}/nli/snli_triplets.jsonl", f"{out}/samples/pairs.jsonl")
-    _head(f"{data}/sts/stsbenchmark/sts-test.csv", f"{out}/sts/stsbenchmark/sts-test.csv", sts_pairs)
+    with open(f"{data}/sts/stsbenchmark/sts-test.csv", encoding="utf-8") as fh:
+        lines = fh.readlines()
+    with open(f"{out}/sts/stsbenchmark/sts-test.csv", "w", encoding="utf-8") as fh:
+        fh.writelines(sts_sample(lines, sts_pairs))
 
 
 def from_hub(out: str, sts_pairs: int, load_dataset: Callable) -> None:

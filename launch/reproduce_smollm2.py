@@ -206,6 +206,12 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
             "wall_s": float(open(f"{out}/wall_s").read()), "train_s": metrics[-1].get("train_s"),
             "final_loss": metrics[-1]["loss"],
             "pooling": r["model"].get("pooling", "memory")}
+    evals = [m for m in rows if m.get("eval")]
+    if evals:  # stage 1's held-out diagnostics: before the first update and at the end
+        drop = ("step", "eval", "time")
+        info["diagnostics"] = {"start": {k: v for k, v in evals[0].items() if k not in drop},
+                               "end": {k: v for k, v in evals[-1].items() if k not in drop},
+                               "steps": [e["step"] for e in evals]}
     export = f"{run.out}/export/{name}"
     if not os.path.exists(f"{export}/modules.json"):
         run("export", "--run", out, "--output", export)
@@ -251,7 +257,7 @@ class Results:
     # wall_s: the training command, start-up included, of the attempt that finished it; train_s: the training
     # loop's own time summed over every attempt (None for runs trained before the engine recorded it).
     KEYS = ("variant", "stage", "seed", "lr", "selected", "dev", "test", "erank", "steps", "samples", "wall_s",
-            "train_s", "final_loss", "pooling", "device")
+            "train_s", "final_loss", "pooling", "device", "diagnostics")
 
     def __init__(self, directory: str, profile: str):
         self.dir, self.profile = directory, profile

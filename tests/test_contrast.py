@@ -168,6 +168,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, sentences, pairs):
         (RECIPES / "tiny-cpu-scl.yaml", [f"data={pairs}", "contrast.negatives=3"], ["contrast.negatives", "3 hard negatives"]),
         (RECIPES / "tiny-cpu-ucl.yaml", [f"data={sentences}", f"init_from={tmp_path}"], ["init.init_from", "lineage.json"]),
         (RECIPES / "tiny-cpu-ucl.yaml", [f"data={sentences}", "chunk=0"], ["chunk >= 1"]),
+        (RECIPES / "tiny-cpu-ucl.yaml", [f"data={sentences}", "model.train_input_embeddings=true"],
+         ["model.train_input_embeddings", "stage-1 option"]),
     ]
     results = failing_cli_cases(tmp_path, [["contrast", "--config", recipe, "train.progress=false",
                                             f"output_dir={tmp_path / 'run'}", *overrides] for recipe, overrides, _ in cases])
@@ -192,3 +194,18 @@ def test_attention_dropout_changes_the_first_loss_and_is_recorded(tmp_path, sent
         info = json.loads((out / "final" / "run_info.json").read_text())
         assert info["stage"] == "ucl" and info["effective"]["attention_dropout"] == p
     assert abs(first[0.0] - first[0.2]) > 1e-3 * abs(first[0.0]), first
+
+
+def test_memory_stays_frozen_in_stages_2_3_unless_the_recipe_trains_it(tmp_path, sentences, stage1_run, ucl_run):
+    """The authors merge the adapter and attach a fresh LoRA: only LoRA trains, the stage-1 memory carries over
+    as it is. model.train_memory=true trains it (the strongest no-stage-1 control)."""
+    from safetensors.torch import load_file
+
+    memory = lambda run: load_file(run / "final" / "memory.safetensors")["memory"]
+    assert json.loads((ucl_run / "effective_settings.json").read_text())["memory_tokens"]["trainable"] is False
+    assert torch.equal(memory(ucl_run), memory(stage1_run))
+    r = contrast(1, RECIPES / "tiny-cpu-ucl.yaml", f"data={sentences}", f"init_from={stage1_run}",
+                 f"output_dir={tmp_path}", "max_steps=3", "model.train_memory=true")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert json.loads((tmp_path / "effective_settings.json").read_text())["memory_tokens"]["trainable"] is True
+    assert (memory(tmp_path) - memory(stage1_run)).abs().max() > 1e-6

@@ -83,3 +83,51 @@ def test_shared_data_is_preferred(tmp_path):
     assert r.returncode == 0 and f"data from {SHARED_DATA}" in r.stdout, r.stderr
     assert len((tmp_path / "sts" / "stsbenchmark" / "sts-test.csv").read_text().splitlines()) == 7
     assert len((tmp_path / "samples" / "sentences.txt").read_text().splitlines()) == demo_data.SENTENCES
+
+
+def sts_lines(rng: random.Random, counts: dict) -> list[str]:
+    """STS-B-shaped lines: (genre, source set) -> pairs, gold scores spread over 0-5, in blocks as the file has."""
+    lines = []
+    for (genre, source), n in counts.items():
+        for i in range(n):
+            lines.append(f"{genre}\t{source}\t2012test\t{i:04d}\t{rng.uniform(0, 5):.3f}\ta {i}\tb {i}\n")
+    return lines
+
+
+def test_the_demo_scores_a_fixed_sample_stratified_by_source_and_score():
+    """The demo's STS-B sample stands for the whole test set: every genre and source set, every score band,
+    each in proportion; the same pairs every time; DEMO_STS_PAIRS beyond the file's size takes it all."""
+    counts = {("main-captions", "MSRvid"): 250, ("main-captions", "images"): 250, ("main-captions", "track5.en-en"): 125,
+              ("main-forums", "answer-answer"): 254, ("main-news", "MSRpar"): 250, ("main-news", "headlines"): 250}
+    lines = sts_lines(random.Random(3), counts)
+    bins = lambda ls: [min(int(float(l.split("\t")[4])), 4) for l in ls]
+    for n in (30, 300, 700):
+        sample = demo_data.sts_sample(lines, n)
+        assert len(sample) == n and len(set(sample)) == n and set(sample) <= set(lines)
+        assert sample == demo_data.sts_sample(list(lines), n), "fixed: no randomness"
+        assert sample == sorted(sample, key=lines.index), "in file order"
+        sources = {l.split("\t")[1] for l in sample}
+        assert sources == {s for _, s in counts}, "every source set, so every genre"
+        for source, total in ((s, c) for (_, s), c in counts.items()):
+            share = sum(l.split("\t")[1] == source for l in sample) / n
+            assert abs(share - total / len(lines)) <= 1.5 / n + 6 / n, (n, source, share)
+            # Spread through the set (which runs in blocks of years), not its first pairs.
+            rows = [i for i, l in enumerate(lines) if l.split("\t")[1] == source]
+            picked = [i for i in rows if lines[i] in set(sample)]
+            assert picked[-1] > rows[len(rows) // 2], (n, source)
+        if n >= 300:  # every score band of every source set
+            for (_, source) in counts:
+                mine = [l for l in sample if l.split("\t")[1] == source]
+                assert set(bins(mine)) == set(bins([l for l in lines if l.split("\t")[1] == source])), (n, source)
+    # Not the first pairs (all captions): the rule the demo's table used to follow.
+    assert {l.split("\t")[0] for l in demo_data.sts_sample(lines, 300)} == {"main-captions", "main-forums", "main-news"}
+    assert demo_data.sts_sample(lines, 5000) == lines
+
+
+def test_the_demo_sample_of_the_real_test_set(tmp_path):
+    real = SHARED_DATA / "sts" / "stsbenchmark" / "sts-test.csv"
+    if not real.exists():
+        pytest.skip(f"{real} absent (shared data is optional)")
+    lines = real.read_text(encoding="utf-8").splitlines(keepends=True)
+    sample = demo_data.sts_sample(lines, 300)
+    assert len(sample) == 300 and {l.split("\t")[0] for l in sample} == {l.split("\t")[0] for l in lines}

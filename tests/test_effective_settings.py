@@ -14,9 +14,15 @@ from trainer.modeling import row_dropout
 from trainer.modeling.adapters import LoraSettings
 from trainer.modeling.attention import resolve_attention, run_decoder
 from trainer.modeling.dropout import attention_modules, enable_row_seeded_dropout
-from trainer.modeling.effective import SettingsMismatch, expected_for, verify
+from trainer.modeling.effective import SettingsMismatch, verify
+from trainer.modeling.effective import expected_for as _expected_for
 from trainer.modeling.probe import NotBidirectional
 from trainer.modeling.settings import ModelSettings
+
+
+def expected_for(*args, **kwargs):
+    """The tiny compressors here start every input with token 1."""
+    return _expected_for(*args, prefix_ids=[1], **kwargs)
 
 
 def rows(n=4, seed=0, lo=3, hi=10):
@@ -98,7 +104,8 @@ def test_guard_reads_settings_back_from_the_modules():
     assert eff["attention_dropout"] == 0.2 and eff["attention_dropout_row_seeded"]
     assert eff["lora"] == {"layers": 12, "r": 4, "alpha": 8.0, "dropout": 0.1, "dropout_row_seeded": True,
                            "targets": sorted(LoraSettings().target_modules)}
-    assert eff["frozen_base"] and eff["memory_tokens"] == {"k": 3, "trainable": True} and eff["training_mode"]
+    assert eff["frozen_base"] and eff["training_mode"] and eff["first_token_ids"] == [1]
+    assert eff["memory_tokens"]["k"] == 3 and eff["memory_tokens"]["trainable"]
 
 
 def test_guard_stops_on_each_kind_of_mismatch():

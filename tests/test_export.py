@@ -35,6 +35,8 @@ def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm
     assert main(["export", "--run", str(ucl_run), "--output", str(tmp_path / "exp")]) == 0
     config = json.loads((tmp_path / "exp" / "llm2comp_config.json").read_text())
     assert config["memory_tokens"] == 4 and len(config["lineage"]["stages"]) == 2
+    # The first token the runs trained with (the tiny recipes' <|endoftext|>, id 0), not the tokenizer's none.
+    assert config["prefix_ids"] == [0]
     assert all(p.suffix != ".bin" for p in (tmp_path / "exp").iterdir())  # safetensors only
 
     texts = [d["text"] for d in make_docs(7, seed=31, lengths=(3, 15, 40))]
@@ -144,3 +146,50 @@ def test_export_takes_template_and_length_from_the_runs(tmp_path, ucl_run, smoll
                      *extra]) == 0
         scores[len(extra)] = json.loads(out.read_text())["results"]["STSBenchmark"]
     assert scores[0]["spearman"] != scores[2]["spearman"], "the instruction must reach the model"
+
+
+def test_input_embedding_delta_reaches_the_next_stage_and_the_export(tmp_path, compression_data, sentences,
+                                                                     smollm2_tokenizer):
+    """model.train_input_embeddings: stage 1 saves E's delta (the rows that moved), stage 2 starts from E's
+    table with it folded in, and both export forms encode as the training-time E does."""
+    from conftest import launch
+    from data_prep.tokenizer import load_tokenizer
+    from trainer.cli import main
+    from trainer.data.padding import pad_right
+    from trainer.modeling.embedding_delta import load_delta
+    from trainer.serving.encoder import Encoder
+
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    r = launch(1, f"data={compression_data}", f"output_dir={s1}", "max_steps=3", "train.micro_batch=4",
+               "model.train_input_embeddings=true", "optim.lr=5e-2", "eval.windows=0")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert json.loads((s1 / "effective_settings.json").read_text())["input_embeddings_trainable"] is True
+    rows, values = load_delta(str(s1 / "final" / "embedding_delta.safetensors"))
+    assert 0 < len(rows) < 49152 and values.abs().sum(-1).min() > 0, "only the rows seen in training, each moved"
+    r = contrast(1, RECIPES / "tiny-cpu-ucl.yaml", f"data={sentences}", f"init_from={s1}", f"output_dir={s2}",
+                 "max_steps=2")
+    assert r.returncode == 0, r.stdout[-3000:]
+    lineage = json.loads((s2 / "final" / "lineage.json").read_text())
+    assert lineage["embedding_deltas"] == [str(s1 / "final" / "embedding_delta.safetensors")]
+
+    texts = [d["text"] for d in make_docs(5, seed=32, lengths=(3, 15, 40))]
+    comp, _ = training_time_encoder(s2)
+    tok = load_tokenizer(smollm2_tokenizer)
+    ids, lengths = pad_right(tok(texts, add_special_tokens=False)["input_ids"], comp.pad_id)
+    with torch.no_grad():
+        trained = comp.embed_texts(ids, lengths).numpy()
+    from trainer.artifacts import read_run
+    from trainer.config import load_config
+    from trainer.modeling.build import build_model
+    from trainer.stages.contrast import ContrastRecipe
+
+    # Without the delta the same weights encode differently: it is not a no-op.
+    lin, memory = read_run(str(s2))
+    recipe = load_config(ContrastRecipe, s2 / "final" / "recipe.yaml")
+    bare, _, _ = build_model(recipe.model, 0, {**lin, "adapters": lin["adapters"], "embedding_deltas": []}, memory)
+    with torch.no_grad():
+        assert np.abs(bare.eval().embed_texts(ids, lengths).numpy() - trained).max() > 1e-3 * np.abs(trained).max()
+    for name, extra in (("merged", []), ("adapters", ["--adapter-only"])):
+        assert main(["export", "--run", str(s2), "--output", str(tmp_path / name), *extra]) == 0
+        exported = Encoder.from_pretrained(str(tmp_path / name)).encode(texts, batch_size=2)
+        assert np.abs(exported - trained).max() <= 1e-4 * np.abs(trained).max(), name

@@ -1,7 +1,7 @@
 """The Compressor's structural guarantees (DESIGN.md §1), on tiny random models of every supported family,
 in fp32: E is bidirectional and D causal; padding never leaks (garbage ids in the padding area); results do
 not depend on the batch; one copy of the base weights; the adapter switch; gradient checkpointing with the
-switch; the memory-token initialisation."""
+switch."""
 import pytest
 import torch
 from torch.utils.checkpoint import CheckpointError
@@ -357,29 +357,8 @@ def test_gradient_checkpointing_with_adapter_switch(family):
     assert states[:3] == [True, False, False] and states[3] is True  # D's recomputation ran with the adapter on
 
 
-# -- 7. Memory initialisation --------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ALL)  # Gemma scales embeddings by sqrt(hidden): caught a real bug
-def test_memory_init_near_mean_input_embedding(family):
-    base = tiny_causal_lm(family)
-    with torch.no_grad():  # real embedding matrices have a clearly nonzero mean; give this one one
-        offset = torch.randn(base.config.hidden_size, generator=torch.Generator().manual_seed(18))
-        base.get_input_embeddings().weight += 0.2 * offset
-    comp = build_compressor(base, 4, [1], pad_id=0, lora=LoraSettings(r=4, alpha=8, dropout=0.0), seed=0)
-    with torch.no_grad():
-        # Compare what the decoder sees: token inputs come through the embedding module (which may scale
-        # them), memory tokens are spliced into inputs_embeds as they are.
-        inputs = comp.embed(torch.arange(VOCAB)[None])[0]
-        mean = inputs.mean(0)
-        typical = (inputs - mean).norm(dim=1).median()
-        memory = comp.memory.weight
-        spliced, is_memory, _ = splice_after_text(comp.embed(ids_of(5, 6, 0, 0, 0, 0)), torch.tensor([2]), memory)
-        assert torch.equal(spliced[is_memory], memory)
-        assert (memory - mean).norm(dim=1).max() < 0.05 * typical
-        d = torch.cdist(memory, memory)
-        off_diagonal = d[~torch.eye(comp.k, dtype=torch.bool)]
-        assert off_diagonal.min() > 1e-3 * typical
-
-
+# -- 7. The model is built as the recipe says ------------------------------------------------------------
+# (The memory-slot initialisation, 'sampled' and 'mean': tests/test_stage1_fixes.py.)
 def test_a_pretrained_base_is_built_in_training_mode(tmp_path, smollm2_tokenizer):
     """from_pretrained returns eval mode; training it as such would silently switch every dropout off."""
     from trainer.modeling.build import build_model

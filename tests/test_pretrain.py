@@ -1,6 +1,7 @@
 """Stage 1 end to end on CPU: 2-process gloo runs through DeepSpeed ZeRO-1/2/3, resume, signals,
 gradient checkpointing, non-finite guard, and clear errors for bad configs and data."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,6 +14,10 @@ import pytest
 
 from conftest import RECIPE, ROOT, env_with_root, final_weights, launch, losses, make_docs, write_jsonl  # noqa: F401
 from conftest import assert_one_line_error, failing_cli_cases
+
+
+def eval_rows(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("eval")]
 
 @pytest.fixture(scope="session")
 def overfit_data(tmp_path_factory, smollm2_tokenizer):
@@ -27,8 +32,12 @@ def overfit_data(tmp_path_factory, smollm2_tokenizer):
 
 # ZeRO-1 runs with gradient accumulation (2 micro-batches of 1 per rank): the same global batch of 4.
 @pytest.mark.parametrize("zero, micro, accum", [("zero1", 1, 2), ("zero2", 2, 1), ("zero3", 2, 1), ("zero3_offload", 2, 1)])
-def test_two_ranks_overfit_a_small_set_under_each_zero_stage(tmp_path, overfit_data, zero, micro, accum):
-    r = launch(2, f"data={overfit_data}", f"output_dir={tmp_path}", f"train.deepspeed={ROOT / 'ds_configs' / (zero + '.json')}",
+def test_two_ranks_overfit_a_small_set_under_each_zero_stage(tmp_path, overfit_data, compression_data, zero, micro,
+                                                            accum):
+    # Held-out windows from another prep output (the overfit set is one global batch): the diagnostics run
+    # under every ZeRO stage, ZeRO-3's gathered weights included, on 2 ranks.
+    r = launch(2, f"data={overfit_data}", f"eval.path={compression_data}", f"output_dir={tmp_path}",
+               f"train.deepspeed={ROOT / 'ds_configs' / (zero + '.json')}",
                "objective=nll", "max_steps=20", "optim.lr=2e-2", "model.config_overrides.initializer_range=0.3",
                "optim.warmup_ratio=0", "optim.schedule=constant", f"train.micro_batch={micro}", f"train.grad_accum={accum}",
                "train.save_every=100")
@@ -40,6 +49,12 @@ def test_two_ranks_overfit_a_small_set_under_each_zero_stage(tmp_path, overfit_d
     assert f"ZeRO-{zero[4]}" in r.stdout
     assert (tmp_path / "final" / "adapter" / "adapter_model.safetensors").exists()
     assert (tmp_path / "final" / "recipe.yaml").exists()
+    evals = {e["step"]: e for e in eval_rows(tmp_path)}
+    assert sorted(evals) == [0, 20] and all(evals[s]["windows"] == 8 for s in evals)
+    assert all(math.isfinite(evals[s][k]) for s in evals for k in ("kl_memory", "kl_no_memory", "recovered"))
+    # No memory is no memory at any step: the baseline does not move; the memory figures do.
+    assert evals[0]["kl_no_memory"] == pytest.approx(evals[20]["kl_no_memory"], rel=1e-4)
+    assert evals[0]["kl_memory"] != pytest.approx(evals[20]["kl_memory"], rel=1e-3)
 
 
 def test_signal_checkpoints_then_resume_equals_uninterrupted(tmp_path, compression_data):
@@ -76,7 +91,7 @@ def test_signal_checkpoints_then_resume_equals_uninterrupted(tmp_path, compressi
     a, b = losses(tmp_path / "whole"), losses(part)
     assert sorted(a) == sorted(b) == list(range(1, 11))
     # The training time carries over the resume instead of starting again from 0.
-    train_s = [json.loads(line)["train_s"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    train_s = [r["train_s"] for r in map(json.loads, (part / "metrics.jsonl").read_text().splitlines()) if not r.get("eval")]
     assert len(train_s) == 10 and train_s == sorted(train_s) and train_s[0] > 0, train_s
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-6 * max(1.0, abs(a[step])), (step, a[step], b[step])
@@ -84,6 +99,16 @@ def test_signal_checkpoints_then_resume_equals_uninterrupted(tmp_path, compressi
     assert wa.keys() == wb.keys()
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, k
+    # The held-out diagnostics: before any update and at the end, equal after a resume; training raises the
+    # share of the teacher's information the memory carries.
+    ea, eb = eval_rows(tmp_path / "whole"), eval_rows(part)
+    assert [e["step"] for e in ea] == [0, 10] and [e["step"] for e in eb] == [0, 10]
+    assert ea[-1]["recovered"] == pytest.approx(eb[-1]["recovered"], abs=1e-5)
+    assert ea[-1]["recovered"] > ea[0]["recovered"] + 0.05, (ea[0]["recovered"], ea[-1]["recovered"])
+    info = json.loads((part / "final" / "run_info.json").read_text())
+    assert info["diagnostics"]["recovered"] == pytest.approx(eb[-1]["recovered"])
+    assert info["eval_data"]["windows"] == 8 and info["eval_data"]["held_out_of_training"] is True
+    assert "held-out: kl" in resumed.stdout
 
 
 def test_zero3_gradient_checkpointing_with_lora_matches_plain(tmp_path, compression_data):
@@ -160,6 +185,11 @@ def test_bad_configs_and_data_give_one_line_errors(tmp_path, compression_data, a
         ([f"data={compression_data}", "train.max_stepz=3"], ["unknown key 'train.max_stepz'", "train.max_steps"]),
         ([f"data={compression_data}", "objective=mse"], ["objective.kind", "'kl'"]),
         ([f"data={compression_data}", "train.report_to=[wandb]"], ["pip install wandb"]),  # no wandb installed here
+        ([f"data={compression_data}", "model.first_token=<|nope|>"], ["model.first_token", "not a single entry"]),
+        ([f"data={compression_data}", "objective=mntp", "model.pooling=mean", "model.train_memory=true"],
+         ["model.train_memory", "mntp"]),
+        ([f"data={compression_data}", "eval.windows=100000"], ["eval.windows 100000", "eval.path"]),
+        ([f"data={compression_data}", "optim.warmup_start_lr=1.0"], ["optim.warmup_start_lr"]),
     ]
     (tmp_path / "alien_arch").mkdir()
     (tmp_path / "alien_arch" / "config.json").write_text(json.dumps({"model_type": "no-such-arch"}))

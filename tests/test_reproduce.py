@@ -99,7 +99,11 @@ class FakeRunner:
             run = next(a.split("=", 1)[1] for a in args if a.startswith("output_dir="))
             os.makedirs(f"{run}/final")
             open(f"{run}/final/lineage.json", "w").write("{}")
-            open(f"{run}/metrics.jsonl", "w").write('{"step": 60, "loss": 0.1}\n')
+            rows = '{"step": 60, "loss": 0.1}\n'
+            if args[0] == "pretrain":  # stage 1 evaluates its held-out windows before and after
+                rows = ('{"step": 0, "eval": true, "recovered": -2.5, "kl_memory": 4.0}\n' + rows
+                        + '{"step": 60, "eval": true, "recovered": 0.4, "kl_memory": 0.7}\n')
+            open(f"{run}/metrics.jsonl", "w").write(rows)
             open(f"{run}/recipe.yaml", "w").write("model: {pooling: mean}\ntrain: {micro_batch: 32}\n")
         return ""
 
@@ -136,6 +140,10 @@ def test_each_variant_trains_every_stage_on_its_pipelines_recipes(tmp_path, monk
         trained = [c for c in run.commands if c[0] in ("pretrain", "contrast")]
         assert [c[1] for c in trained] == [f"--config={repro.RECIPES}/smollm2-135m-{r}.yaml" for r in recipes]
         assert f"objective={variant}" in trained[0] and [c[2] for c in trained] == ["data=c", "data=s", "data=p"]
+        stage1 = json.load(open(tmp_path / variant / "r" / f"{variant}-s0-stage1.json"))
+        assert stage1["diagnostics"]["start"]["recovered"] == -2.5 and stage1["diagnostics"]["end"]["recovered"] == 0.4
+        assert stage1["final_loss"] == 0.1  # the last training row, not an evaluation row
+        assert json.load(open(tmp_path / variant / "r" / f"{variant}-s0-stage2.json"))["diagnostics"] is None
 
 
 def results_tables():

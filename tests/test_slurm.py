@@ -79,7 +79,7 @@ def wait_for_step(run: Path, step: int, job_info, timeout=300) -> None:
     deadline = time.monotonic() + timeout
     metrics = run / "metrics.jsonl"
     while time.monotonic() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= step:
+        if metrics.exists() and sum('"eval": true' not in l for l in metrics.read_text().splitlines()) >= step:
             return
         assert job_info().get("JobState") in ("PENDING", "CONFIGURING", "RUNNING"), job_info()
         time.sleep(0.1)

@@ -19,10 +19,9 @@ def tiny_config(family: str = "llama", **overrides):
     import transformers
 
     cls_name, extra = FAMILIES[family]
-    return getattr(transformers, cls_name)(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, **{**extra, **overrides}
-    )
+    settings = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    return getattr(transformers, cls_name)(**{**settings, **extra, **overrides})
 
 
 def tiny_causal_lm(family: str = "llama", attention: str = "auto", seed: int = 0, **overrides):

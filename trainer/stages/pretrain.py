@@ -1,7 +1,6 @@
 """Stage 1, compression pretraining (DESIGN.md §1): ``llm2comp pretrain --config RECIPE.yaml [key=value ...]``."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional
 
@@ -121,61 +120,18 @@ class PretrainTask:
         return CompressionBatches(dataset, r.train.micro_batch, world.size, world.rank, r.train.seed,
                                   self.pad_id, r.data.group_by_length, joined=mntp, rows=rows)
 
-    # -- the held-out diagnostics ------------------------------------------------------------------
     def build_eval(self, dataset, kinds):
-        """Pick the held-out rows (``trainer/data/holdout.py``) and batch this rank's share; returns the rows
-        left to train on (None: all)."""
-        from ..data import holdout
-        from ..data.shards import open_shards
+        """The held-out diagnostics (``trainer/stages/held_out.py``); returns the rows left to train on."""
+        from .held_out import HeldOut
 
-        e, r, world = self.recipe.eval, self.recipe, self.world
-        self.eval_batches, self.eval_info, train_rows = [], None, None
-        if e.windows == 0:
-            return None
-        source = dataset
-        if e.path and os.path.abspath(e.path) != os.path.abspath(r.data.path):
-            source, _ = open_shards(e.path, kinds, self.identity, r.data.verify_shards)
-            rows = holdout.select(source.data.table["doc_id"].to_numpy(zero_copy_only=False), e.windows)
-        else:
-            rows, train_rows = holdout.hold_out(dataset.data.table["doc_id"].to_numpy(zero_copy_only=False), e.windows)
-            if len(train_rows) < r.train.micro_batch * world.size:
-                raise ConfigError(f"eval.windows {e.windows} leaves {len(train_rows)} of {len(dataset)} rows of "
-                                  f"{r.data.path} to train on; lower it or give eval.path")
-        self.eval_batches = holdout.eval_batches(source, rows, e.micro_batch or r.train.micro_batch, world.size,
-                                                 world.rank, self.pad_id, joined=r.objective.kind == "mntp")
-        self.eval_info = {"windows": int(len(rows)), "source": e.path or r.data.path,
-                          "held_out_of_training": train_rows is not None,
-                          "rows_left_to_train": int(len(train_rows)) if train_rows is not None else len(dataset)}
-        return train_rows
+        self.held_out = HeldOut(self.recipe, dataset, kinds, self.identity, self.world, self.pad_id,
+                                getattr(self, "mask_id", None))
+        return self.held_out.train_rows
 
     def evaluate(self, engine) -> dict:
-        """The diagnostics of the current weights on the held-out rows, summed over ranks (eval mode: no
-        LoRA dropout). Every rank runs the same number of forwards."""
-        from ..objectives import diagnostics
-
-        if not self.eval_batches and self.eval_info is None:
-            return {}
-        o = self.recipe.objective
-        module = engine.module
-        was_training = module.training
-        module.eval()
-        device = next(module.parameters()).device
-        total = None
-        try:
-            with torch.no_grad():
-                for batch in self.eval_batches:
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    if o.kind == "mntp":
-                        sums = engine("diagnose_mntp", ratio=o.mask_ratio, mask_id=self.mask_id, mode=o.mask_mode, **batch)
-                    else:
-                        sums = engine("diagnose", **batch)
-                    total = sums.double() if total is None else total + sums.double()
-        finally:
-            module.train(was_training)
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(total)
-        figures = diagnostics.mntp_figures(total) if o.kind == "mntp" else diagnostics.compression_figures(total)
-        self.last_eval = figures
+        figures = self.held_out(engine)
+        if figures:
+            self.last_eval = figures
         return figures
 
     def eval_summary(self, figures: dict) -> str:
@@ -206,7 +162,7 @@ class PretrainTask:
     def run_info(self) -> dict:
         return {"stage": "pretrain", "objective": self.recipe.objective.kind, "effective": self.effective,
                 "data": data_summary(self.manifest), "diagnostics": getattr(self, "last_eval", None),
-                "eval_data": self.eval_info}
+                "eval_data": self.held_out.info}
 
     def save_artifacts(self, engine, directory: str, world) -> None:
         save_artifacts(engine.module, directory, world, self.recipe, self.identity, self.lineage, self.run_info())
