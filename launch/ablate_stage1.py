@@ -115,6 +115,31 @@ def control(run: Runner, paths: dict, model: str) -> dict:
             "note": "recovered: step 0 of the all-fixes run (the same slots, before any update)"}
 
 
+def table(results: str) -> str:
+    """The ablation table (markdown) from the result files, rows in ROWS order, then the control."""
+    recs = {}
+    for name in [*ROWS, CONTROL]:
+        path = os.path.join(results, f"{name}.json")
+        if os.path.exists(path):
+            recs[name] = json.load(open(path))
+    if not recs:
+        return "(no result files yet)"
+    out = ["| row | what differs | recovered: step 0 → 50 → 100 → 150 → 200 | kl_memory (no memory) | "
+           "rc_memory (no memory) | STS-B dev, memory pooling | slots' pairwise cosine at step 0 | wall | commit |",
+           "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in recs.items():
+        if name == CONTROL:
+            out.append(f"| {name} | {r['what']} | {r['recovered']:.3f} (step 0) | | | {r['sts_dev_memory']:.2f} | | | "
+                       f"{r['commit']} |")
+            continue
+        curve = " → ".join(f"{d['recovered']:.3f}" for d in r["diagnostics"])
+        end = r["diagnostics"][-1]
+        out.append(f"| {name} | {r['what']} | {curve} | {end['kl_memory']:.3f} ({end['kl_no_memory']:.3f}) | "
+                   f"{end['rc_memory']:.3f} ({end['rc_no_memory']:.3f}) | {r['sts_dev_memory']:.2f} | "
+                   f"{r['initial_memory']['pairwise_cosine']:.4f} | {r['wall_s'] / 60:.0f} min | {r['commit']} |")
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
@@ -123,7 +148,11 @@ def main() -> int:
     ap.add_argument("--rows", default=",".join([*ROWS, CONTROL]))
     ap.add_argument("--paragraphs", type=int, default=20000)
     ap.add_argument("--valid", type=int, default=1000)
+    ap.add_argument("--table", action="store_true", help="print the table of the recorded rows and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.results))
+        return 0
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)
     run = Runner(args.out, 1)

@@ -119,14 +119,17 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
     evaluate = getattr(task, "evaluate", None)
     last_eval = {"step": None, "figures": None}
 
-    def run_eval(at: int) -> None:
+    def run_eval(at: int) -> float:
+        """Evaluate, log, and return the seconds it took (kept out of the next window's tokens/s)."""
         t = time.monotonic()
         figures = evaluate(engine)
+        took = time.monotonic() - t
         if figures:
-            metrics.log_eval(at, {**figures, "eval_s": time.monotonic() - t})
+            metrics.log_eval(at, {**figures, "eval_s": took})
             describe = getattr(task, "eval_summary", None)
             say(f"eval at step {at}: {describe(figures) if describe else figures}")
         last_eval.update(step=at, figures=figures)
+        return took
 
     batches = iter(data)
     nonfinite_run = skipped = 0
@@ -136,7 +139,7 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
     t_loop = time.monotonic()
     try:
         if evaluate is not None and train_cfg.eval_at_start and step == 0:
-            run_eval(0)  # the untrained memory: what the run starts from
+            t_window += run_eval(0)  # the untrained memory: what the run starts from
         while step < train_cfg.max_steps:
             batch = _to_device(next(batches), device)
             out = task.loss(engine, batch)
@@ -188,7 +191,7 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
                 break
             if evaluate is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0 \
                     and step < train_cfg.max_steps:
-                run_eval(step)
+                t_window += run_eval(step)
             if step % train_cfg.save_every == 0 and step < train_cfg.max_steps:
                 save(step)
                 last_saved = step
