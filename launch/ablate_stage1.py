@@ -128,6 +128,7 @@ def table(results: str) -> str:
            "rc_memory (no memory) | STS-B dev, memory pooling | slots' pairwise cosine at step 0 | wall | commit |",
            "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for name, r in recs.items():
+        r = {**r, "what": r["what"].replace("|", "\\|")}  # <|endoftext|> inside a table cell
         if name == CONTROL:
             out.append(f"| {name} | {r['what']} | {r['recovered']:.3f} (step 0) | | | {r['sts_dev_memory']:.2f} | | | "
                        f"{r['commit']} |")

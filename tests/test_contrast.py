@@ -42,8 +42,10 @@ def test_cached_two_rank_gradients_equal_single_process_uncached(tmp_path, sente
     data.packing the cached chunks run packed against the padded reference."""
     data = sentences if kind == "ucl" else pairs
     recipe = RECIPES / f"tiny-cpu-{kind}.yaml"
+    # model.train_memory: the memory embeddings' gradients are cached too (frozen by default in stages 2-3).
     common = [f"data={data}", f"init_from={stage1_run}", "model.lora.dropout=0.1", "contrast.attention_dropout=0.2",
-              "train.seed=7", f"train.grad_accum={accum}", f"train.deepspeed={ROOT / 'ds_configs' / (zero + '.json')}"]
+              "train.seed=7", f"train.grad_accum={accum}", f"train.deepspeed={ROOT / 'ds_configs' / (zero + '.json')}",
+              "model.train_memory=true"]
     a = grad_driver(tmp_path, "reference", "ref.pt", recipe, *common, "train.micro_batch=8", "chunk=1000")
     b = grad_driver(tmp_path, "cached", "got.pt", recipe, *common, "train.micro_batch=4", "chunk=2",
                     f"train.gradient_checkpointing={zero == 'zero3'}", f"data.packing={packing}",
@@ -53,6 +55,7 @@ def test_cached_two_rank_gradients_equal_single_process_uncached(tmp_path, sente
     # Cross-device negatives: the global loss is not what rank 0 computes from its own rows alone.
     assert abs(b["alone"] - b["loss"]) > 1e-3
     assert a["grads"].keys() == b["grads"].keys() and any("lora" in k for k in a["grads"])
+    assert any("memory" in k for k in a["grads"])
     for k, ref_grad in a["grads"].items():
         err = ((b["grads"][k] - ref_grad).abs().max() / ref_grad.abs().max().clamp_min(1e-3)).item()
         assert err < 1e-5, (k, err)
@@ -69,7 +72,7 @@ def test_cached_bf16_gradients_accumulate_in_fp32(tmp_path, sentences):
     the micro-steps in fp32. The forward passes agree bit for bit, so the gap is the accumulation."""
     recipe = RECIPES / "tiny-cpu-ucl.yaml"
     common = [f"data={sentences}", "model.lora.dropout=0.1", "contrast.attention_dropout=0.2", "train.seed=7",
-              "contrast.temperature=1.0", "train.grad_accum=2", "model.dtype=bfloat16"]
+              "contrast.temperature=1.0", "train.grad_accum=2", "model.dtype=bfloat16", "model.train_memory=true"]
     ref = grad_driver(tmp_path, "reference", "ref.pt", recipe, *common, "train.micro_batch=32", "chunk=1000")
     cached = [*common, "train.micro_batch=16", "chunk=1", "train.precision=bf16"]
     fp32 = grad_driver(tmp_path, "cached", "fp32.pt", recipe, *cached)

@@ -153,7 +153,8 @@ def test_nonfinite_losses_are_skipped_then_abort(tmp_path, compression_data, bad
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == expect_code, r.stdout[-2000:] + r.stderr[-2000:]
     if expect_code == 0:
-        recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        recs = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+                if not r.get("eval")]
         assert recs[-1]["step"] == 5 and recs[-1]["skipped_nonfinite"] == 2
         assert all(r["loss"] == r["loss"] for r in recs)  # no NaN reached the logged losses
     else:
@@ -265,5 +266,8 @@ def test_weights_and_biases_on_request(tmp_path, compression_data):
     got = json.loads((tmp_path / "w.json").read_text())
     assert got["mode"] == "offline" and got["init"]["project"] == "llm2comp" and got["init"]["id"] == "stub1234"
     assert got["init"]["config"]["train"]["max_steps"] == 2 and got["init"]["resume"] == "allow"
-    assert [x["step"] for x in got["logs"]] == [1, 2] and all("loss" in x and "lr" in x for x in got["logs"])
+    steps = [x for x in got["logs"] if "loss" in x]
+    assert [x["step"] for x in steps] == [1, 2] and all("lr" in x for x in steps)
+    evals = [x for x in got["logs"] if "eval/recovered" in x]  # the held-out diagnostics, before and after
+    assert [x["step"] for x in evals] == [0, 2] and all("eval/kl_memory" in x for x in evals)
     assert (tmp_path / "run" / "wandb_run_id").read_text().strip() == "stub1234"

@@ -208,18 +208,35 @@ def test_warmup_from_a_floor_then_linear_decay():
     assert old(0) == pytest.approx(0.1)
 
 
-def test_the_built_scheduler_starts_at_the_floor():
-    """Read back from what DeepSpeed steps, not from the recipe."""
-    from trainer.engine.deepspeed_setup import initialize
-    from trainer.engine.dist import init_distributed, world_from_env
-    from trainer.engine.settings import OptimSettings, TrainSettings
+SCHEDULER_PROBE = """
+import json, sys
+sys.path.insert(0, "tests")
+from tiny_models import tiny_compressor
+from trainer.engine.deepspeed_setup import initialize
+from trainer.engine.dist import init_distributed, world_from_env
+from trainer.engine.settings import OptimSettings, TrainSettings
+init_distributed(world_from_env())
+train = TrainSettings(max_steps=100, micro_batch=2, precision="fp32", deepspeed="ds_configs/zero2.json")
+engine, _, scheduler, _ = initialize(tiny_compressor("llama"), train,
+                                     OptimSettings(lr=1e-3, warmup_steps=10, warmup_start_lr=2e-5))
+print(json.dumps([scheduler.get_last_lr()[0], engine.optimizer.param_groups[0]["lr"]]))
+"""
 
-    init_distributed(world_from_env())
-    model = tiny_compressor("llama")
-    train = TrainSettings(max_steps=100, micro_batch=2, precision="fp32", deepspeed="ds_configs/zero2.json")
-    engine, _, scheduler, _ = initialize(model, train, OptimSettings(lr=1e-3, warmup_steps=10, warmup_start_lr=2e-5))
-    assert scheduler.get_last_lr()[0] == pytest.approx(2e-5)
-    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(2e-5)
+
+def test_the_built_scheduler_starts_at_the_floor():
+    """Read back from what DeepSpeed steps, not from the recipe (in a process of its own: a process group
+    initialised here would leak into every later test's subprocesses)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env
+
+    r = subprocess.run([sys.executable, "-c", SCHEDULER_PROBE], cwd=ROOT, env=cli_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    scheduled, stepped = json.loads(r.stdout.strip().splitlines()[-1])
+    assert scheduled == pytest.approx(2e-5) and stepped == pytest.approx(2e-5)
 
 
 # -- the diagnostics ------------------------------------------------------------------------------------
