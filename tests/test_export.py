@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import RECIPES, ROOT, cli_env, contrast, make_docs
@@ -161,8 +162,12 @@ def test_input_embedding_delta_reaches_the_next_stage_and_the_export(tmp_path, c
 
     s1, s2 = tmp_path / "s1", tmp_path / "s2"
     r = launch(1, f"data={compression_data}", f"output_dir={s1}", "max_steps=3", "train.micro_batch=4",
-               "model.train_input_embeddings=true", "optim.lr=5e-2", "eval.windows=0")
+               "model.train_input_embeddings=true", "optim.lr=5e-2", "eval.windows=0", "optim.warmup_steps=2",
+               "optim.warmup_start_lr=5e-3", "optim.schedule=linear", "optim.min_lr_ratio=0.5")
     assert r.returncode == 0, r.stdout[-3000:]
+    # The schedule DeepSpeed stepped: warm-up from the floor 5e-3 to 5e-2 over 2 steps, then linear to 2.5e-2.
+    lrs = [json.loads(line)["lr"] for line in (s1 / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([5e-3 + 4.5e-2 / 2, 5e-2, 2.5e-2]), lrs
     assert json.loads((s1 / "effective_settings.json").read_text())["input_embeddings_trainable"] is True
     rows, values = load_delta(str(s1 / "final" / "embedding_delta.safetensors"))
     assert 0 < len(rows) < 49152 and values.abs().sum(-1).min() > 0, "only the rows seen in training, each moved"

@@ -208,35 +208,7 @@ def test_warmup_from_a_floor_then_linear_decay():
     assert old(0) == pytest.approx(0.1)
 
 
-SCHEDULER_PROBE = """
-import json, sys
-sys.path.insert(0, "tests")
-from tiny_models import tiny_compressor
-from trainer.engine.deepspeed_setup import initialize
-from trainer.engine.dist import init_distributed, world_from_env
-from trainer.engine.settings import OptimSettings, TrainSettings
-init_distributed(world_from_env())
-train = TrainSettings(max_steps=100, micro_batch=2, precision="fp32", deepspeed="ds_configs/zero2.json")
-engine, _, scheduler, _ = initialize(tiny_compressor("llama"), train,
-                                     OptimSettings(lr=1e-3, warmup_steps=10, warmup_start_lr=2e-5))
-print(json.dumps([scheduler.get_last_lr()[0], engine.optimizer.param_groups[0]["lr"]]))
-"""
-
-
-def test_the_built_scheduler_starts_at_the_floor():
-    """Read back from what DeepSpeed steps, not from the recipe (in a process of its own: a process group
-    initialised here would leak into every later test's subprocesses)."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT, cli_env
-
-    r = subprocess.run([sys.executable, "-c", SCHEDULER_PROBE], cwd=ROOT, env=cli_env(), capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    scheduled, stepped = json.loads(r.stdout.strip().splitlines()[-1])
-    assert scheduled == pytest.approx(2e-5) and stepped == pytest.approx(2e-5)
+# The schedule DeepSpeed really steps: tests/test_export.py's stage-1 run logs its warm-up from a floor.
 
 
 # -- the diagnostics ------------------------------------------------------------------------------------
@@ -361,7 +333,7 @@ def test_an_evaluation_is_one_eval_row_a_tensorboard_scalar_and_a_progress_figur
 def test_untrained_memory_carries_nothing_on_the_real_smollm2(smollm2):
     """Before stage 1, E's final states at the memory positions are not input embeddings D can read: on the
     real SmolLM2 they make D's prediction of the continuation worse than no context at all (recovered < 0),
-    with a first token or without."""
+    (measured: -2.6 on held-out Wikipedia, docs/RESULTS.md)."""
     import random
 
     from conftest import make_text
@@ -378,8 +350,7 @@ def test_untrained_memory_carries_nothing_on_the_real_smollm2(smollm2):
     continuation, continuation_len = pad_right([t[40:56] for t in texts], 0)
     batch = {"context": context, "context_len": context_len, "continuation": continuation,
              "continuation_len": continuation_len, "weight": torch.ones(4)}
-    for first in ("<|endoftext|>", "none"):
-        model, _, _ = build_model(ModelSettings(path=smollm2, dtype="float32", attention="sdpa", first_token=first))
-        with torch.no_grad():
-            f = compression_figures(diagnose(model.eval(), batch))
-        assert f["kl_no_memory"] > 0.05 and f["recovered"] < 0, (first, f)
+    model, _, _ = build_model(ModelSettings(path=smollm2, dtype="float32", attention="sdpa", first_token="<|endoftext|>"))
+    with torch.no_grad():
+        f = compression_figures(diagnose(model.eval(), batch))
+    assert f["kl_no_memory"] > 0.05 and f["recovered"] < 0, f
