@@ -35,7 +35,7 @@ def _head(src: str, dst: str, n: int) -> None:
 
 
 def sts_sample(lines: list[str], n: int) -> list[str]:
-    """A fixed sample of ``n`` STS-B pairs that stands for the whole file: stratified by source set (each of
+    """A fixed sample of ``n`` STS-B pairs in the whole file's proportions: stratified by source set (each of
     the three genres has two or more: MSRvid, images and track5 are captions, answer-answer forums, MSRpar
     and headlines news) and by gold score (bins [0,1) .. [4,5]). Each stratum gets its share of ``n`` (largest
     remainders, every non-empty stratum at least one pair when ``n`` allows), taken evenly spaced through the
