@@ -7,10 +7,10 @@ DATA=${1:-../shared/data}
 OUT=${2:-demo_out}
 STEPS=${DEMO_STEPS:-}            # optimizer steps per stage (default: the demo recipes')
 SEED=${DEMO_SEED:-0}
-# STS-B test pairs scored: all 1,379 by default. A smaller N scores a fixed sample stratified by source set
+# STS-B test pairs scored: all of them by default. A number N scores a fixed sample stratified by source set
 # and gold score (launch/demo_data.py), quicker but no estimate of the whole set: 300 lay 3.5-4.9 points from
 # it for three of four encoders (docs/RESULTS.md).
-STS_PAIRS=${DEMO_STS_PAIRS:-1379}
+STS_PAIRS=${DEMO_STS_PAIRS:-all}
 LLM2COMP=${LLM2COMP:-.venv/bin/llm2comp}
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
@@ -69,14 +69,13 @@ steps = [yaml.safe_load(open(f"{out}/runs/stage{s}/recipe.yaml"))["train"]["max_
 rows = [("SmolLM2-135M, mean pooling (no training)", "0-base-mean"), (f"+ stage 1, compression (kl), {steps[0]} steps", "stage1"),
         (f"+ stage 2, unsupervised contrastive, {steps[1]} steps", "stage2"),
         (f"+ stage 3, supervised contrastive, {steps[2]} steps", "stage3")]
-n = json.load(open(f"{out}/eval/stage3.json"))["results"]["STSBenchmark"]["n"]
 evals = [r for r in map(json.loads, open(f"{out}/runs/stage1/metrics.jsonl")) if r.get("eval")]
 first, last = evals[0], evals[-1]
 print(f"\nStage 1, {last['windows']} held-out windows: KL from the full-context teacher (nats per token), "
       f"no memory -> the K memory tokens")
 print(f"  before training {first['kl_no_memory']:.3f} -> {first['kl_memory']:.3f} (recovered {first['recovered']:.3f}); "
       f"after {steps[0]} steps {last['kl_no_memory']:.3f} -> {last['kl_memory']:.3f} (recovered {last['recovered']:.3f})")
-which = "all 1,379 pairs" if n >= 1379 else f"{n} of the 1,379 pairs, a fixed sample stratified by source set and gold score"
+which = open(f"{out}/samples/sts_selection.txt").read().strip()  # written by launch/demo_data.py
 print(f"\nSTS Benchmark test, {which}: Spearman x100 of cosine similarity\n")
 print("| model | STS-B |\n|---|---:|")
 for label, name in rows:

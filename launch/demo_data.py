@@ -1,9 +1,9 @@
 """The demo's small real sample: from the shared data set when present, else from public hub datasets.
 
-    python launch/demo_data.py DATA OUT STS_PAIRS
+    python launch/demo_data.py DATA OUT STS_PAIRS     (STS_PAIRS: all, or a number of STS-B test pairs)
 
-Writes OUT/samples/{paragraphs.jsonl, sentences.txt, pairs.jsonl} and OUT/sts/stsbenchmark/sts-test.csv and
-prints where they came from. Exit 2 with one line of advice when neither source is available.
+Writes OUT/samples/{paragraphs.jsonl, sentences.txt, pairs.jsonl}, OUT/sts/stsbenchmark/sts-test.csv and
+OUT/samples/sts_selection.txt (one line: which test pairs) and prints where they came from. Exit 2 with one line of advice when neither source is available.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import random
 import shutil
 import socket
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 PARAGRAPHS, SENTENCES = 2000, 5000
 HUB_WIKI = ("Salesforce/wikitext", "wikitext-103-raw-v1")
@@ -65,18 +65,27 @@ def sts_sample(lines: list[str], n: int) -> list[str]:
     return [lines[i] for i in sorted(chosen)]
 
 
-def from_shared(data: str, out: str, sts_pairs: int) -> None:
+def from_shared(data: str, out: str, sts_pairs: Optional[int]) -> None:
     # Held-out paragraphs (valid split): the demo never trains on what the reproduction trains on.
     _head(f"{data}/corpus/wiki_paragraphs.valid.jsonl.gz", f"{out}/samples/paragraphs.jsonl", PARAGRAPHS)
     _head(f"{data}/corpus/wiki_sentences.txt.gz", f"{out}/samples/sentences.txt", SENTENCES)
     shutil.copy(f"{data}/nli/snli_triplets.jsonl", f"{out}/samples/pairs.jsonl")
     with open(f"{data}/sts/stsbenchmark/sts-test.csv", encoding="utf-8") as fh:
         lines = fh.readlines()
+    chosen = lines if sts_pairs is None else sts_sample(lines, sts_pairs)
     with open(f"{out}/sts/stsbenchmark/sts-test.csv", "w", encoding="utf-8") as fh:
-        fh.writelines(sts_sample(lines, sts_pairs))
+        fh.writelines(chosen)
+    _describe(out, f"all {len(lines):,} pairs" if len(chosen) == len(lines) else
+              f"{len(chosen):,} of the {len(lines):,} pairs, a fixed sample stratified by source set and gold score")
 
 
-def from_hub(out: str, sts_pairs: int, load_dataset: Callable) -> None:
+def _describe(out: str, what: str) -> None:
+    """One line naming the STS-B pairs scored, for the demo's table."""
+    with open(f"{out}/samples/sts_selection.txt", "w", encoding="utf-8") as fh:
+        fh.write(what + "\n")
+
+
+def from_hub(out: str, sts_pairs: Optional[int], load_dataset: Callable) -> None:
     """wikitext-103 paragraphs and sentences; STS-B train pairs scored >= 4 of 5 as (query, positive) with a
     random other sentence as the negative; STS-B test in the SentEval csv layout."""
     wiki = [t.strip() for t in load_dataset(*HUB_WIKI, split="train[:1%]")["text"]]
@@ -99,6 +108,9 @@ def from_hub(out: str, sts_pairs: int, load_dataset: Callable) -> None:
         for i, r in enumerate(itertools.islice(stsb["test"], sts_pairs)):
             s1, s2 = (r[k].replace("\t", " ").replace("\n", " ") for k in ("sentence1", "sentence2"))
             f.write(f"hub\tstsb\t-\t{i}\t{r['score'] * 5:.3f}\t{s1}\t{s2}\n")
+    total = len(stsb["test"])
+    _describe(out, f"all {total:,} pairs" if sts_pairs is None or sts_pairs >= total else
+              f"the first {sts_pairs:,} of the {total:,} pairs")
 
 
 def hub_reachable(timeout: float = 5.0) -> None:
@@ -112,7 +124,11 @@ def hub_reachable(timeout: float = 5.0) -> None:
 
 
 def main(argv: list[str]) -> int:
-    data, out, sts_pairs = argv[0], argv[1], int(argv[2])
+    data, out = argv[0], argv[1]
+    if argv[2] != "all" and not argv[2].isdigit():
+        print(f"demo: DEMO_STS_PAIRS={argv[2]!r}: expected 'all' or a number of pairs", file=sys.stderr)
+        return 2
+    sts_pairs = None if argv[2] == "all" else int(argv[2])
     os.makedirs(f"{out}/samples", exist_ok=True)
     os.makedirs(f"{out}/sts/stsbenchmark", exist_ok=True)
     if shared_available(data):

@@ -64,6 +64,10 @@ def test_hub_fallback_writes_valid_prep_inputs_and_sts_files(tmp_path, smollm2_t
     assert sts.name == "STSBenchmark" and len(sts.gold) == 25
     assert all(b.endswith(" x") for _, b in sts.pairs)  # a tab inside a sentence did not split it
     assert all(0 <= g <= 5 for g in sts.gold)
+    assert (out / "samples" / "sts_selection.txt").read_text() == "the first 25 of the 30 pairs\n"
+    demo_data.from_hub(str(out), None, fake_hub([]))  # DEMO_STS_PAIRS=all
+    assert len((out / "sts" / "stsbenchmark" / "sts-test.csv").read_text().splitlines()) == 30
+    assert (out / "samples" / "sts_selection.txt").read_text() == "all 30 pairs\n"
 
 
 def test_without_shared_data_or_hub_the_demo_data_step_says_what_to_do(tmp_path):
@@ -83,6 +87,18 @@ def test_shared_data_is_preferred(tmp_path):
     assert r.returncode == 0 and f"data from {SHARED_DATA}" in r.stdout, r.stderr
     assert len((tmp_path / "sts" / "stsbenchmark" / "sts-test.csv").read_text().splitlines()) == 7
     assert len((tmp_path / "samples" / "sentences.txt").read_text().splitlines()) == demo_data.SENTENCES
+    assert (tmp_path / "samples" / "sts_selection.txt").read_text() == \
+        "7 of the 1,379 pairs, a fixed sample stratified by source set and gold score\n"
+    # The demo's default, all, and a number beyond the file both score every pair, and say so.
+    for pairs in ("all", "5000"):
+        r = subprocess.run([sys.executable, str(ROOT / "launch" / "demo_data.py"), str(SHARED_DATA), str(tmp_path), pairs],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert len((tmp_path / "sts" / "stsbenchmark" / "sts-test.csv").read_text().splitlines()) == 1379
+        assert (tmp_path / "samples" / "sts_selection.txt").read_text() == "all 1,379 pairs\n"
+    r = subprocess.run([sys.executable, str(ROOT / "launch" / "demo_data.py"), str(SHARED_DATA), str(tmp_path), "most"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "DEMO_STS_PAIRS='most'" in r.stderr and "Traceback" not in r.stderr
 
 
 def sts_lines(rng: random.Random, counts: dict) -> list[str]:
@@ -95,8 +111,8 @@ def sts_lines(rng: random.Random, counts: dict) -> list[str]:
 
 
 def test_the_demo_scores_a_fixed_sample_stratified_by_source_and_score():
-    """The demo's STS-B sample stands for the whole test set: every genre and source set, every score band,
-    each in proportion; the same pairs every time; DEMO_STS_PAIRS beyond the file's size takes it all."""
+    """The demo's STS-B sample (DEMO_STS_PAIRS=N) keeps the test set's proportions: every genre and source set,
+    every score band, each in proportion; the same pairs every time; DEMO_STS_PAIRS beyond the file's size takes it all."""
     counts = {("main-captions", "MSRvid"): 250, ("main-captions", "images"): 250, ("main-captions", "track5.en-en"): 125,
               ("main-forums", "answer-answer"): 254, ("main-news", "MSRpar"): 250, ("main-news", "headlines"): 250}
     lines = sts_lines(random.Random(3), counts)
