@@ -10,8 +10,11 @@
 3. packing: a packed encoder pass against each sequence alone (max relative difference of the states);
 4. row-seeded dropout: the compiled mask equals the eager one bit for bit, and the kernels each launches
    (torch.profiler).
-``--smoke`` runs the same code on the CPU with the tiny architecture (it is part of ``make test``). Writes
-DIR/gpu_checks.json and prints one line per check; exit 1 if a check fails.
+``--smoke`` runs the same code on the CPU with the tiny architecture (it is part of ``make test``). The
+project's model and the reference are each built once for all checks. Every check runs on its own: one
+that raises is recorded as failed (with the error) and the others still run; DIR/gpu_checks.json is
+rewritten after each check, so a run stopped at a time limit keeps what it checked. One line per check;
+exit 1 if a check fails.
 """
 from __future__ import annotations
 
@@ -32,22 +35,20 @@ def _args(model_config: str, device: str, dtype: str):
     import train_step
 
     return train_step.parse_args(["--stage", "pretrain", "--model-config", model_config, "--device", device,
-                                  "--dtype", dtype, "--seq", "64"])
+                                  "--dtype", dtype, "--seq", "64", "--attention", "sdpa"])
 
 
-def check_losses(model_config: str, device: str, dtype: str) -> dict:
+def check_losses(project, base, a) -> dict:
+    """The project's losses against the reference approach's with the same weights (memory rows and LoRA
+    copied over; LoRA B made non-zero so the adapter matters)."""
     import torch
 
-    from trainstep.engines import build_project_model
-    from trainstep.reference import ReferenceBaseline
     from trainstep.synthetic import compression_batches
 
-    a = _args(model_config, device, dtype)
-    vocab = ARCHS[model_config][1]["vocab_size"]
-    batch = {k: v.to(device) for k, v in compression_batches(1, 4, a.seq, vocab)[0].items()}
+    vocab = ARCHS[a.model_config][1]["vocab_size"]
+    batch = {k: v.to(a.device) for k, v in compression_batches(1, 4, a.seq, vocab)[0].items()}
     out = {}
-    project = build_project_model(a, "pretrain").eval()
-    base = ReferenceBaseline(a, "pretrain")
+    project.eval()
     base.train(False)
     with torch.no_grad():
         base.encoder.get_base_model().get_input_embeddings().weight[-MEMORY_TOKENS:] = project.memory.weight
@@ -60,8 +61,7 @@ def check_losses(model_config: str, device: str, dtype: str) -> dict:
         for objective in ("kl", "nll", "rc"):
             mine, ref = float(project(objective, **batch)), float(base.compression_loss(batch, objective))
             out[objective] = {"project": mine, "reference": ref, "relative_difference": abs(mine - ref) / max(abs(ref), 1e-6)}
-    del project, base
-    tolerance = 2e-2 if dtype == "bfloat16" else 1e-4
+    tolerance = 2e-2 if a.dtype == "bfloat16" else 1e-4
     return {"passed": all(v["relative_difference"] < tolerance for v in out.values()), "tolerance": tolerance, **out}
 
 
@@ -74,22 +74,23 @@ def _backends(device: str):
             "flash": [SDPBackend.FLASH_ATTENTION], "cudnn": [SDPBackend.CUDNN_ATTENTION]}
 
 
-def check_bidirectionality(model_config: str, device: str, dtype: str) -> dict:
+def check_bidirectionality(model, a) -> dict:
+    """Per SDPA backend: the self-check (encoder call bidirectional, causal call causal) and a padded row
+    against the row alone. A backend that cannot run this shape or dtype here is 'unavailable'; a model
+    that is not bidirectional under a backend is a failure, with the check's own message."""
     import torch
     from torch.nn.attention import sdpa_kernel
 
     from trainer.modeling.attention import run_decoder
-    from trainer.modeling.probe import check_bidirectional
-    from trainstep.engines import build_project_model
+    from trainer.modeling.probe import NotBidirectional, check_bidirectional
 
-    a = _args(model_config, device, dtype)
-    a.attention = "sdpa"
-    model = build_project_model(a, "encode").eval()
+    device = a.device
+    model.eval()
     g = torch.Generator().manual_seed(3)
-    vocab = ARCHS[model_config][1]["vocab_size"]
+    vocab = ARCHS[a.model_config][1]["vocab_size"]
     text = torch.randint(10, vocab, (1, 12), generator=g).to(device)
     padded = torch.cat([text, torch.randint(10, vocab, (1, 5), generator=g).to(device)], 1)
-    out = {}
+    out = {"attention": model.config._attn_implementation}
     for name, backends in _backends(device).items():
         try:
             with sdpa_kernel(backends), torch.no_grad():
@@ -101,22 +102,23 @@ def check_bidirectionality(model_config: str, device: str, dtype: str) -> dict:
                 both_mask = torch.cat([mask, torch.ones_like(mask)])
                 with_pad = run_decoder(model.decoder, bidirectional=True, input_ids=both, attention_mask=both_mask)
             diff = float((with_pad[0, :12].float() - alone[0].float()).abs().max() / alone.float().abs().max())
-            out[name] = {**probe, "padded_vs_alone": diff, "passed": diff < (2e-2 if dtype == "bfloat16" else 1e-5)}
-        except Exception as e:  # a backend that cannot run this shape or dtype here
+            out[name] = {**probe, "padded_vs_alone": diff, "passed": diff < (2e-2 if a.dtype == "bfloat16" else 1e-5)}
+        except NotBidirectional as e:  # the kernel ran: attention is wrong under it, which is a failure
+            out[name] = {"passed": False, "not_bidirectional": str(e)}
+        except RuntimeError as e:  # "No available kernel" and the like: this backend cannot run this call here
             out[name] = {"unavailable": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
-    ran = [v for v in out.values() if "passed" in v]
+    ran = [v for k, v in out.items() if isinstance(v, dict) and "passed" in v]
     return {"passed": bool(ran) and all(v["passed"] for v in ran), **out}
 
 
-def check_packing(model_config: str, device: str, dtype: str) -> dict:
+def check_packing(model, a) -> dict:
     import torch
 
     from trainer.modeling.attention import run_decoder
-    from trainstep.engines import build_project_model
 
-    a = _args(model_config, device, dtype)
-    model = build_project_model(a, "encode").eval()
-    vocab = ARCHS[model_config][1]["vocab_size"]
+    device, dtype = a.device, a.dtype
+    model.eval()
+    vocab = ARCHS[a.model_config][1]["vocab_size"]
     g = torch.Generator().manual_seed(5)
     lengths = [7, 30, 3, 18, 12]
     seqs = [torch.randint(10, vocab, (n,), generator=g).to(device) for n in lengths]
@@ -170,27 +172,59 @@ def main() -> int:
     p.add_argument("--model-config", default="qwen2-1.5b", choices=list(ARCHS))
     p.add_argument("--smoke", action="store_true", help="CPU, tiny architecture, fp32")
     a = p.parse_args()
+    import gc
+
     import torch
+
+    from _env import env_info
+    from trainstep.engines import build_project_model
+    from trainstep.reference import ReferenceBaseline
 
     device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     config = "tiny" if a.smoke else a.model_config
     dtype = "float32" if device == "cpu" else "bfloat16"
+    args = _args(config, device, dtype)
     torch.manual_seed(0)
-    results = {}
-    for name, fn in (("losses", lambda: check_losses(config, device, dtype)),
-                     ("bidirectionality", lambda: check_bidirectionality(config, device, dtype)),
-                     ("packing", lambda: check_packing(config, device, dtype)),
-                     ("dropout_kernels", lambda: check_dropout_kernels(device))):
-        results[name] = fn()
+    os.makedirs(a.out, exist_ok=True)
+    path, results = os.path.join(a.out, "gpu_checks.json"), {}
+
+    def write():
+        with open(path + ".tmp", "w") as fh:
+            json.dump({**env_info(device), "model_config": config, "dtype": dtype, "checks": results}, fh, indent=2)
+        os.replace(path + ".tmp", path)
+
+    def run(name, fn):
+        try:
+            results[name] = fn()
+        except Exception as e:  # recorded, and the next check still runs
+            results[name] = {"passed": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
         print(f"{name}: {'passed' if results[name]['passed'] else 'FAILED'} "
               f"{json.dumps({k: v for k, v in results[name].items() if k != 'passed'})}", flush=True)
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    from _env import env_info
+        write()
 
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "gpu_checks.json"), "w") as fh:
-        json.dump({**env_info(device), "model_config": config, "dtype": dtype, "checks": results}, fh, indent=2)
+    project = base = None
+    try:
+        project = build_project_model(args, "pretrain")  # once, for every check that needs a model
+    except Exception as e:
+        results["build"] = {"passed": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        write()
+    if project is not None:
+        def losses():
+            nonlocal base
+            base = ReferenceBaseline(args, "pretrain")
+            try:
+                return check_losses(project, base, args)
+            finally:
+                base = None  # the reference's two copies go before the next check
+                gc.collect()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+
+        run("losses", losses)
+        run("bidirectionality", lambda: check_bidirectionality(project, args))
+        run("packing", lambda: check_packing(project, args))
+    run("dropout_kernels", lambda: check_dropout_kernels(device))
+    write()
     return 0 if all(r["passed"] for r in results.values()) else 1
 
 

@@ -80,47 +80,119 @@ from trainstep.synthetic import (batch_tokens, compression_batches, contrast_bat
 
 
 MODE_LABELS = {"project": "optimized (project)", "baseline": "baseline (reference, reimplemented)"}
+# What a --variants entry may change, and how each value is read.
+VARIANT_KEYS = {"chunk": int, "chunk_by_length": lambda v: v.lower() in ("1", "true", "yes"),
+                "gradient_checkpointing": lambda v: v.lower() in ("1", "true", "yes"),
+                "deepspeed": lambda v: v.lower() in ("1", "true", "yes"), "micro_batch": int}
 
 
-def run_training(a, mode: str, batches: list[dict], d: Dims, peak: dict) -> dict:
-    """Build ``mode``'s model, run warm-up + timed steps on ``batches``, free the model; one result row."""
+def parse_variant(spec: str) -> dict:
+    """``chunk=16,chunk_by_length=0`` -> {"chunk": 16, "chunk_by_length": False}; ``-``: no change."""
+    out = {}
+    for item in filter(None, spec.split(",")):
+        key, sep, value = item.partition("=")
+        if item == "-":
+            continue
+        if not sep or key not in VARIANT_KEYS:
+            raise SystemExit(f"--variants {spec!r}: expected KEY=VALUE[,KEY=VALUE] with KEY in {', '.join(VARIANT_KEYS)}")
+        out[key] = VARIANT_KEYS[key](value)
+    return out
+
+
+def make_batches(a) -> list[dict]:
+    n = a.warmup + a.steps
+    batches = (compression_batches(n, a.micro_batch, a.seq, a.vocab) if a.stage == "pretrain"
+               else contrast_batches(a.stage, n, a.micro_batch, a.seq, a.vocab, a.negatives))
+    return [{k: v.to(a.device) for k, v in b.items()} for b in batches]
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Switch gradient checkpointing of the project's model (built once) on or off between variants."""
+    from trainer.modeling.adapters import enable_gradient_checkpointing
+
+    if on:
+        enable_gradient_checkpointing(model.model, model.switch)
+    else:
+        model.model.gradient_checkpointing_disable()
+
+
+def run_training(a, mode: str, d: Dims, peak: dict, emit=lambda row: None) -> list[dict]:
+    """Build ``mode``'s model once, then for each variant (``--variants``; project mode) run warm-up +
+    timed steps on its batches; one result row a variant, handed to ``emit`` as soon as it is measured.
+    Warm-up steps run before the first variant only (kernels chosen, allocator grown): later variants
+    reuse the warm model. DeepSpeed variants must come last: its engine keeps hooks on the parameters."""
+    import copy
+
     prefix = len(ARCHS[a.model_config][2])
-    row = {"stage": a.stage, "mode": mode, "label": MODE_LABELS[mode], "micro_batch": a.micro_batch, "seq": a.seq}
-    meter, model, step = MemoryMeter(a.device), None, None
-    times, losses, warmup_losses = [], [], []
+    specs = a.variants if mode == "project" and a.variants else ["-"]
+    meter, model, rows = MemoryMeter(a.device), None, []
     try:
-        if mode == "baseline":
-            model = ReferenceBaseline(a, a.stage)
-            step, _ = baseline_step(a, a.stage, model)
-        else:
-            model = build_project_model(a, a.stage)
-            step, _ = project_step(a, a.stage, model)
-        for i, batch in enumerate(batches):
-            loss, secs = timed(lambda: step(batch), a.device)
-            if i >= a.warmup:
-                times.append(secs)
-                losses.append(loss)
-            else:
-                warmup_losses.append(loss)
-        row["status"] = "ok"
-    except Exception as e:  # an out-of-memory is a result (the approach does not fit), anything else is not
-        if not _is_oom(e):
-            raise
-        row["status"] = "out of memory"
+        model = ReferenceBaseline(a, a.stage) if mode == "baseline" else build_project_model(a, a.stage)
+        for n, spec in enumerate(specs):
+            v = copy.copy(a)
+            for key, value in parse_variant(spec).items():
+                setattr(v, key, value)
+            name = mode if spec == "-" else f"{mode}:{spec}"
+            row = {"stage": a.stage, "mode": name, "label": MODE_LABELS[mode] + ("" if spec == "-" else f", {spec}"),
+                   "micro_batch": v.micro_batch, "seq": v.seq, "chunk": v.chunk if a.stage in ("ucl", "scl") else None,
+                   "gradient_checkpointing": v.gradient_checkpointing, "engine": "deepspeed" if v.deepspeed else "plain"}
+            times, losses, warmup_losses, step = [], [], [], None
+            batches = make_batches(v)  # the same timed batches for every variant of one micro-batch size
+            if n > 0:
+                batches, v.warmup = batches[v.warmup:], 0
+            meter.reset()
+            try:
+                if mode == "baseline":
+                    step, _ = baseline_step(v, v.stage, model)
+                else:
+                    set_checkpointing(model, v.gradient_checkpointing)
+                    step, _ = project_step(v, v.stage, model)
+                for i, batch in enumerate(batches):
+                    loss, secs = timed(lambda: step(batch), v.device)
+                    (times if i >= v.warmup else warmup_losses).append(secs if i >= v.warmup else loss)
+                    if i >= v.warmup:
+                        losses.append(loss)
+                row["status"] = "ok"
+            except Exception as e:  # an out-of-memory is a result (the variant does not fit), anything else is not
+                if not _is_oom(e):
+                    raise
+                row["status"] = "out of memory"
+            finally:
+                row["peak_mib"], row["peak_measured_by"] = meter.peak()
+                del step
+                _free(v.device)
+            timed_batches = batches[v.warmup:]
+            tokens = [batch_tokens(v.stage, b) for b in timed_batches]
+            flops = [batch_flops(v.stage, b, d, prefix, v.objective) for b in timed_batches]
+            row.update(per_step={"seconds": times, "tokens": tokens, "flops": flops, "loss": losses},
+                       warmup_losses=warmup_losses)
+            if a.stage in ("ucl", "scl"):
+                row["padded_tokens_per_step"] = [padded_tokens(v, b) for b in timed_batches]
+            if row["status"] == "ok":
+                row.update(summarize(times, tokens, [v.micro_batch] * len(times), flops, peak["tflops"]))
+                row["nonfinite_losses"] = sum(not math.isfinite(x) for x in losses)
+            rows.append(row)
+            emit(row)
     finally:
-        row["peak_mib"], row["peak_measured_by"] = meter.peak()
         meter.close()
-        del model, step
+        del model
         _free(a.device)
-    timed_batches = batches[a.warmup:]
-    tokens = [batch_tokens(a.stage, b) for b in timed_batches]
-    flops = [batch_flops(a.stage, b, d, prefix, a.objective) for b in timed_batches]
-    row.update(per_step={"seconds": times, "tokens": tokens, "flops": flops, "loss": losses},
-               warmup_losses=warmup_losses)
-    if row["status"] == "ok":
-        row.update(summarize(times, tokens, [a.micro_batch] * len(times), flops, peak["tflops"]))
-        row["nonfinite_losses"] = sum(not math.isfinite(x) for x in losses)
-    return row
+    return rows
+
+
+def padded_tokens(v, batch: dict) -> int:
+    """Token positions the encoder computes for one contrastive batch (both passes of gradient caching
+    count once), padding included: what grouping chunks by length saves."""
+    from trainer.stages.contrast import ContrastRecipe, ContrastSettings, ContrastTask
+    from trainer.engine.dist import World
+    from trainer.engine.settings import TrainSettings
+
+    task = ContrastTask(ContrastRecipe(contrast=ContrastSettings(kind=v.stage, chunk=v.chunk, negatives=v.negatives),
+                                       train=TrainSettings(micro_batch=v.micro_batch)))
+    task.world, task.pad_id = World(0, 1, 0), 0
+    rows, _ = task.rows({k: t.cpu() for k, t in batch.items()}, 0, 0)
+    extra = MEMORY_TOKENS + len(ARCHS[v.model_config][2])  # the prefix and memory positions of every row
+    return rows.padded_tokens(v.chunk, v.chunk_by_length and len(rows) > v.chunk) + len(rows) * extra
 
 
 def encode_pass(embed, texts: list[list[int]], order, batch_size: int, device: str, limit: Optional[int] = None):
@@ -198,6 +270,11 @@ def parse_args(argv=None):
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--packing", type=int, default=0, metavar="TOKENS",
                    help="project mode: pack sequences into rows of this many tokens (data.packing); encode adds a packed row")
+    p.add_argument("--chunk-by-length", type=int, default=1, choices=[0, 1],
+                   help="ucl/scl: cut gradient-cache chunks from rows sorted by length (contrast.chunk_by_length)")
+    p.add_argument("--variants", nargs="+", metavar="K=V[,K=V]",
+                   help="project mode: configurations run one after another on one model, built once; keys: "
+                        f"{', '.join(VARIANT_KEYS)} ('-': as the other arguments say); deepspeed=1 ones last")
     p.add_argument("--deepspeed", action="store_true", help="optimized mode through the DeepSpeed engine")
     p.add_argument("--ds-config", default="ds_configs/zero2.json")
     p.add_argument("--threads", type=int, help="CPU: torch threads (default 1; 0: torch's default)")
@@ -217,8 +294,15 @@ def parse_args(argv=None):
         a.attention_dropout = DEFAULT_ATTENTION_DROPOUT.get(a.stage, 0.0)
     if a.seq < 24 or a.steps < 1 or a.warmup < 0 or a.micro_batch < 1 or a.repeats < 1:
         p.error("need --seq >= 24, --steps >= 1, --warmup >= 0, --micro-batch >= 1, --repeats >= 1")
-    if a.deepspeed and importlib.util.find_spec("deepspeed") is None:
+    variants = [parse_variant(v) for v in a.variants or []]
+    if any(v.get("deepspeed", a.deepspeed) for v in variants) and importlib.util.find_spec("deepspeed") is None \
+            or a.deepspeed and importlib.util.find_spec("deepspeed") is None:
         p.error("--deepspeed: deepspeed is not installed (the default plain-torch engine needs nothing more)")
+    uses_ds = [v.get("deepspeed", a.deepspeed) for v in variants]
+    if any(uses_ds) and not all(uses_ds[uses_ds.index(True):]):
+        p.error("--variants: DeepSpeed variants must come last (its engine keeps hooks on the parameters)")
+    a.chunk_by_length = bool(a.chunk_by_length)
+    a.vocab = dims_of(a.model_config).vocab
     a.json = a.json or os.path.join(REPO, "bench", "out", f"train_step-{a.stage}-{a.model_config}.json")
     return a
 
@@ -256,30 +340,37 @@ def main(argv=None) -> int:
     vocab = d.vocab
     preload(a.model_config)
     modes = (["baseline"] if a.baseline else []) + ["project"]  # baseline first, freed before the project's
-    rows = []
+    rows: list[dict] = []
+    header = {**info, "device": a.device, "args": vars(a), "arch": {"name": a.model_config, **ARCHS[a.model_config][1]},
+              "memory_tokens": MEMORY_TOKENS, "prefix_tokens": len(ARCHS[a.model_config][2]), "matmul_peak": peak}
+
+    def write(done: bool = False) -> None:
+        """The JSON after every measured row: a run stopped at a time limit keeps what it measured."""
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({**header, "complete": done, "rows": rows, "ratios": ratios(rows)}, f, indent=2)
+        os.replace(tmp, a.json)
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        write()
+        print(f"  ran {row['mode']}: {row['status']}", file=sys.stderr, flush=True)
+
     if a.stage == "encode":
         texts = encode_texts(a.steps * a.micro_batch, a.seq, vocab)
         for mode in modes:
-            rows += run_encode(a, mode, texts, d, peak)
+            for row in run_encode(a, mode, texts, d, peak):
+                emit(row)
     else:
-        n = a.warmup + a.steps
-        batches = (compression_batches(n, a.micro_batch, a.seq, vocab) if a.stage == "pretrain"
-                   else contrast_batches(a.stage, n, a.micro_batch, a.seq, vocab, a.negatives))
-        batches = [{k: v.to(a.device) for k, v in b.items()} for b in batches]
         for mode in modes:
-            rows.append(run_training(a, mode, batches, d, peak))
-            print(f"  ran {mode}: {rows[-1]['status']}", file=sys.stderr)
+            run_training(a, mode, d, peak, emit)
+    write(done=True)
     print_table(rows, a, info, peak)
-    rat = ratios(rows)
     unit = "texts/s" if a.stage == "encode" else "tokens/s"  # the same texts in every encode mode
-    for name, r in rat.items():
+    for name, r in ratios(rows).items():
         mem = f", peak memory x{r['peak_memory']:.2f}" if r["peak_memory"] else ""
         print(f"ratio {name.replace('_vs_', ' / ')}: {unit} x{r['tokens_per_s']:.2f}{mem}")
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump({**info, "device": a.device, "args": vars(a), "arch": {"name": a.model_config, **ARCHS[a.model_config][1]},
-                   "memory_tokens": MEMORY_TOKENS, "prefix_tokens": len(ARCHS[a.model_config][2]),
-                   "matmul_peak": peak, "rows": rows, "ratios": rat}, f, indent=2)
     print(f"wrote {a.json}")
     bad = [r for r in rows if r.get("nonfinite_losses")]
     return 1 if bad else 0

@@ -117,3 +117,76 @@ def test_compiled_mask_is_bit_identical_to_the_reference():
     h = torch.arange(4)[None, :, None, None]
     got = compiled(packed.seed[:, None, :, None], [h, pos[:, None, :, None], pos[:, None, None, :]], 9, 0.2)
     assert torch.equal(got, packed.keep_attention(9, 4, 0.2))
+
+
+def test_chunks_grouped_by_length_give_the_same_gradients_with_less_padding():
+    """Chunks are cut from the rows sorted by length: the loss sees the embeddings in batch order, so the
+    gradients are those of chunks in batch order, while far fewer padded positions are encoded."""
+    n, chunk = 8, 4
+    ids, lengths = random_rows(3 * n, seed=5, lo=2, hi=40)  # queries, positives, negatives of mixed lengths
+    rows = Rows(ids, lengths, torch.arange(3 * n) + 7)
+    sizes = {"query": n, "positive": n, "negative": n}
+    loss_fn = lambda x: supervised_loss(gather_groups(x, sizes), 0.05)
+    result = {}
+    for grouped in (False, True):
+        comp = dropout_compressor()
+        computed = []
+
+        def embed(i, n_):
+            computed.append(i.numel())  # token positions the encoder computes, padding included
+            return comp.embed_texts(i, n_)
+
+        local, kept = first_pass(embed, rows, chunk, group_by_length=grouped)
+        assert kept is None
+        loss, g = loss_and_row_gradients(local, loss_fn)
+        replay(embed, rows, g, chunk, backward=lambda l: l.backward(), step=lambda: None, group_by_length=grouped)
+        result[grouped] = (loss, grads(comp), sum(computed))
+        assert sum(computed) == 2 * rows.padded_tokens(chunk, grouped)  # two passes over the same chunks
+    (loss0, g0, t0), (loss1, g1, t1) = result[False], result[True]
+    assert torch.allclose(loss0, loss1, atol=1e-6)
+    assert g0.keys() == g1.keys() and any("lora" in k for k in g0)
+    for k in g0:
+        err = ((g1[k] - g0[k]).abs().max() / g0[k].abs().max().clamp_min(1e-3)).item()
+        assert err < 1e-5, (k, err)
+    real = 2 * int(lengths.sum())
+    assert t1 < t0 and (t1 - real) < 0.5 * (t0 - real), (t0, t1, real)  # at least half the padding gone
+
+
+def test_recipe_setting_chunk_by_length_reaches_the_stage():
+    """contrast.chunk_by_length takes effect in ContrastTask's own loss/update: same loss, fewer positions."""
+    from trainer.engine.dist import World
+    from trainer.engine.settings import TrainSettings
+    from trainer.stages.contrast import ContrastRecipe, ContrastSettings, ContrastTask
+
+    b = 6
+    q, ql = random_rows(b, seed=8, lo=2, hi=40)
+    p, pl = random_rows(b, seed=9, lo=2, hi=40)
+    ng, nl = random_rows(b, seed=10, lo=2, hi=40)
+    batch = {"query": q, "query_len": ql, "positive": p, "positive_len": pl, "negative": ng, "negative_len": nl}
+    seen = {}
+    for grouped in (False, True):
+        comp, positions = dropout_compressor(), []
+
+        class Engine:
+            micro_steps = global_steps = 0
+
+            def __call__(self, what, ids, lengths):
+                positions.append(ids.numel())
+                return comp.embed_texts(ids, lengths)
+
+            def backward(self, loss, scale_wrt_gas=True):
+                loss.backward()
+
+            def step(self):
+                self.micro_steps += 1
+
+        settings = ContrastSettings(kind="scl", chunk=4, chunk_by_length=grouped)
+        task = ContrastTask(ContrastRecipe(contrast=settings, train=TrainSettings(micro_batch=b)))
+        task.world, task.pad_id = World(0, 1, 0), 0
+        engine = Engine()
+        out = task.loss(engine, batch)
+        task.update(engine, out)
+        assert engine.micro_steps == task.micro_steps_per_batch == 5  # 18 rows in chunks of 4
+        seen[grouped] = (out.loss.item(), sum(positions))
+    assert seen[True][0] == pytest.approx(seen[False][0], abs=1e-6)
+    assert seen[True][1] < seen[False][1], seen

@@ -59,7 +59,8 @@ def test_compression_objectives_need_memory_pooling():
     "env, expect",
     [
         ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (3, 8, 1)),  # torchrun / deepspeed launcher
-        ({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1"}, (5, 16, 1)),  # srun, a task per GPU
+        ({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "MASTER_ADDR": "10.0.0.1"},
+         (5, 16, 1)),  # srun, a task per GPU (the head node's address: test below)
         ({}, (0, 1, 0)),  # a plain `python -m trainer.cli pretrain`
     ],
 )
@@ -101,3 +102,38 @@ def test_help_lists_every_recipe_key_with_its_default(command, key):
                        text=True, timeout=120)
     assert r.returncode == 0 and key in r.stdout and "launch/recipes" in r.stdout, r.stdout[-2000:] + r.stderr[-1000:]
     assert "  train.report_to = ['tensorboard']" in r.stdout and "model.pooling = 'memory'" in r.stdout
+
+
+@pytest.mark.parametrize("nodelist, first", [
+    ("gpu[007-009,12],cpu1", "gpu007"), ("rack[1-2]-n[01-04]", "rack1-n01"), ("node5", "node5"),
+    ("a,b[1-3]", "a"), ("x[3,5-7]", "x3")])
+def test_first_host_of_a_slurm_node_list(nodelist, first):
+    from trainer.engine.dist import first_host
+
+    assert first_host(nodelist) == first
+
+
+@pytest.mark.parametrize("scontrol", [False, True])
+def test_srun_task_per_rank_gets_the_head_nodes_address(monkeypatch, tmp_path, scontrol):
+    """srun with one task a rank (no torchrun): MASTER_ADDR is the job's first node (its NodeAddr from
+    scontrol, else its host name), the port is the job's; without them DeepSpeed tries MPI discovery."""
+    import os
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NODELIST"):
+        monkeypatch.setenv(k, "unset")
+        monkeypatch.delenv(k)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    if scontrol:  # a stand-in that answers as `scontrol show node gpu007` does
+        (bindir / "scontrol").write_text('#!/bin/sh\n[ "$3" = gpu007 ] && echo "NodeName=gpu007 Arch=x86_64 '
+                                         'CoresPerSocket=1\n   NodeAddr=10.1.2.7 NodeHostName=gpu007 Version=24.11"\n')
+        (bindir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir) + ("" if scontrol else os.pathsep + "/nonexistent"))
+    monkeypatch.setattr("shutil.which", lambda name, *a, **k: str(bindir / name) if scontrol and name == "scontrol" else None)
+    for k, v in {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+                 "SLURM_JOB_NODELIST": "gpu[007-008]"}.items():
+        monkeypatch.setenv(k, v)
+    w = world_from_env()
+    assert (w.rank, w.size, w.local_rank) == (9, 16, 1)
+    assert os.environ["MASTER_ADDR"] == ("10.1.2.7" if scontrol else "gpu007")
+    assert os.environ["MASTER_PORT"] == str(20000 + 4242 % 20000)

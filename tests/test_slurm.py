@@ -123,9 +123,26 @@ def two_node_run(cluster, data, tmp_path_factory):
 
 def test_two_node_pretrain_equals_single_node_two_processes(two_node_run, reference):
     job, out, log = two_node_run
-    assert f"job {job} (start 1) on 2 node(s) [n[1-2]], 1 worker(s) a node, rendezvous 127.0.0.1:" in log
+    assert f"job {job} (start 1) on 2 node(s) [n[1-2]], 1 worker(s) a node, launcher torchrun, head 127.0.0.1:" in log
+    # srun no longer inherits sbatch's --cpus-per-task: the job step must ask for it
+    assert "llm2comp pretrain: srun --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 " in log
     assert "training PretrainTask on 2 rank(s), ZeRO-2" in log
     assert_same_run(out / "run", reference)
+
+
+def test_two_node_pretrain_with_one_srun_task_a_rank_equals_two_processes(cluster, data, reference, tmp_path):
+    """LLM2COMP_LAUNCHER=srun: no torchrun; each rank is an srun task, ranks from SLURM_PROCID and the process
+    group at the first node's NodeAddr (MASTER_ADDR; without it DeepSpeed falls back to MPI discovery)."""
+    job = cluster.sbatch("-N", "2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15",
+                         f"--output={tmp_path / '%x-%j.out'}", str(ROOT / "launch" / "slurm" / "pretrain.sbatch"),
+                         str(RECIPES / "tiny-cpu-pretrain.yaml"), "train.progress=false", f"data={data / 'compression'}",
+                         f"output_dir={tmp_path / 'run'}", f"max_steps={STEPS}",
+                         env={**job_env(), "LLM2COMP_LAUNCHER": "srun"}, cwd=ROOT)
+    log = finished(cluster, tmp_path, job)
+    assert "1 worker(s) a node, launcher srun" in log
+    assert "llm2comp pretrain: srun --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 " in log
+    assert "training PretrainTask on 2 rank(s), ZeRO-2" in log
+    assert_same_run(tmp_path / "run", reference)
 
 
 def test_usr1_checkpoints_requeues_and_resumes_as_if_uninterrupted(cluster, data, reference, tmp_path):

@@ -9,17 +9,16 @@ from .archs import ARCHS, MEMORY_TOKENS, SEED
 
 def build_base(name: str, dtype: str, attention: str, device):
     """A random-weight causal LM of architecture ``name``, through the project's loader (offline: the
-    config is written to a temporary folder). Built under ``torch.device(device)`` so a 7B model is
-    initialised on the GPU, not on the host."""
-    import torch
+    config is written to a temporary folder), built on ``device``: every weight is created and initialised
+    there (a 7B model on the GPU in seconds, not on the host; ``meta`` for placement tests)."""
     import transformers
 
     from trainer.modeling.loading import load_causal_lm
 
     cls, fields, _ = ARCHS[name]
-    with tempfile.TemporaryDirectory() as tmp, torch.device(device):
+    with tempfile.TemporaryDirectory() as tmp:
         getattr(transformers, cls)(**fields).save_pretrained(tmp)
-        model, _ = load_causal_lm(tmp, dtype, attention, random_init=True, seed=SEED)
+        model, _ = load_causal_lm(tmp, dtype, attention, random_init=True, seed=SEED, device=device)
     return model
 
 
@@ -35,9 +34,11 @@ def build_project_model(a, stage: str):
     from trainer.modeling.compressor import build_compressor
     from trainer.modeling.dropout import enable_row_seeded_dropout, set_attention_dropout
 
+    import torch
+
     base = build_base(a.model_config, a.dtype, a.attention, a.device)
-    # Not under torch.device(...): initial_memory draws from a CPU generator.
-    model = build_compressor(base, MEMORY_TOKENS, ARCHS[a.model_config][2], 0, lora_settings(), SEED)
+    with torch.device(a.device):  # LoRA weights, memory tokens and buffers are created where the base is
+        model = build_compressor(base, MEMORY_TOKENS, ARCHS[a.model_config][2], 0, lora_settings(), SEED)
     model.loss_chunk = a.loss_chunk
     if stage in ("ucl", "scl"):  # as ContrastTask: row-seeded LoRA and attention dropout keep caching exact
         enable_row_seeded_dropout(model, a.attention_dropout)
@@ -47,7 +48,7 @@ def build_project_model(a, stage: str):
         model.packing = a.packing or None
     if a.gradient_checkpointing and stage != "encode":
         enable_gradient_checkpointing(model.model, model.switch)
-    return model.to(a.device).train(stage != "encode")
+    return model.train(stage != "encode")
 
 
 class PlainEngine:
@@ -110,7 +111,7 @@ def project_step(a, stage: str, model) -> tuple[Callable[[dict], float], object]
         from trainer.stages.contrast import ContrastRecipe, ContrastSettings, ContrastTask
 
         settings = ContrastSettings(kind=stage, chunk=a.chunk, negatives=a.negatives,
-                                    attention_dropout=a.attention_dropout)
+                                    attention_dropout=a.attention_dropout, chunk_by_length=a.chunk_by_length)
         task = ContrastTask(ContrastRecipe(contrast=settings, train=train))
         task.world, task.pad_id = World(0, 1, 0), model.pad_id  # what ContrastTask.build_model/build_data set
     gas = task.micro_steps_per_batch

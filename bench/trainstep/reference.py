@@ -40,7 +40,8 @@ class ReferenceBaseline:
             p.requires_grad_(False)
         if stage in ("ucl", "scl"):
             enc.config.attention_dropout = a.attention_dropout  # plain torch dropout in eager attention
-        self.encoder = attach_lora(enc, lora_settings())
+        with torch.device(a.device):  # LoRA weights created where the base is
+            self.encoder = attach_lora(enc, lora_settings())
         self.encoder.get_base_model().get_input_embeddings().weight.requires_grad_(stage != "encode")
         self.memory_ids = torch.arange(vocab, vocab + MEMORY_TOKENS, device=a.device)
         self.decoder = None

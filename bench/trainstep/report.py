@@ -42,10 +42,11 @@ def print_table(rows: list[dict], a, info: dict, peak: dict) -> None:
 
 
 def ratios(rows: list[dict]) -> dict:
-    """optimized / baseline (and, for encode, sorted / arbitrary) where both ran."""
+    """optimized / baseline for every project variant (and, for encode, sorted / arbitrary) where both ran."""
     by = {r["mode"]: r for r in rows if r["status"] == "ok"}
     out = {}
-    pairs = [("project", "baseline"), ("project-sorted", "project-arbitrary"), ("project-sorted", "baseline-arbitrary")]
+    pairs = [(m, "baseline") for m in by if m.split(":")[0] == "project"]
+    pairs += [("project-sorted", "project-arbitrary"), ("project-sorted", "baseline-arbitrary")]
     for new, old in pairs:
         if new in by and old in by:
             out[f"{new}_vs_{old}"] = {"tokens_per_s": by[new]["tokens_per_s"] / by[old]["tokens_per_s"],

@@ -45,8 +45,19 @@ def compression_batches(n_batches: int, micro_batch: int, seq: int, vocab: int, 
 
 
 def sentence_lengths(rng, n: int, seq: int):
-    """Sentences of 8-64 tokens, lognormal around 24."""
+    """Sentences of 8-64 tokens, lognormal around 24 (stage 2's wiki1m sentences)."""
     return _lognormal_lengths(rng, n, 24, 0.5, 8, min(64, seq))
+
+
+def query_lengths(rng, n: int, seq: int):
+    """Stage-3 queries with their instruction: lognormal around 40 tokens, 12-128."""
+    return _lognormal_lengths(rng, n, 40, 0.35, 12, min(128, seq))
+
+
+def passage_lengths(rng, n: int, seq: int):
+    """Stage-3 positives and hard negatives (E5-mixture passages): lognormal around 150 tokens, up to 512
+    (the recipes' ``prep pairs --max-tokens``), capped at ``seq``."""
+    return _lognormal_lengths(rng, n, 150, 0.8, 16, min(512, seq))
 
 
 def contrast_batches(stage: str, n_batches: int, micro_batch: int, seq: int, vocab: int, negatives: int,
@@ -58,8 +69,8 @@ def contrast_batches(stage: str, n_batches: int, micro_batch: int, seq: int, voc
 
     rng = np.random.default_rng(seed)
 
-    def rows(n: int):
-        return pad_right(_token_rows(rng, sentence_lengths(rng, n, seq), vocab), 0)
+    def rows(n: int, lengths=sentence_lengths):
+        return pad_right(_token_rows(rng, lengths(rng, n, seq), vocab), 0)
 
     out = []
     for _ in range(n_batches):
@@ -67,7 +78,8 @@ def contrast_batches(stage: str, n_batches: int, micro_batch: int, seq: int, voc
             ids, lengths = rows(micro_batch)
             out.append({"ids": ids, "lengths": lengths})
         else:
-            (q, ql), (p, pl), (ng, nl) = rows(micro_batch), rows(micro_batch), rows(micro_batch * negatives)
+            (q, ql), (p, pl) = rows(micro_batch, query_lengths), rows(micro_batch, passage_lengths)
+            ng, nl = rows(micro_batch * negatives, passage_lengths)
             out.append({"query": q, "query_len": ql, "positive": p, "positive_len": pl,
                         "negative": ng, "negative_len": nl})
     return out

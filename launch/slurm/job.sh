@@ -2,8 +2,10 @@
 # lives here: the #SBATCH lines and the LLM2COMP_* variables (docs/TRAINING.md, "Clusters") are the knobs.
 #
 # One srun task per node runs launch/torchrun_node.sh: torchrun with one worker a GPU, joined to the other
-# nodes by c10d rendezvous at the first node's NodeAddr (host names need not resolve). On SIGUSR1 the workers
-# checkpoint and leave a marker; this script then requeues the job, and the next start resumes (resume=auto).
+# nodes by c10d rendezvous at the first node's NodeAddr (host names need not resolve). LLM2COMP_LAUNCHER=srun
+# instead runs one srun task a rank (no torchrun): ranks from SLURM_PROCID, the process group at the first
+# node's NodeAddr (trainer/engine/dist.py). On SIGUSR1 the workers checkpoint and leave a marker; this script
+# then requeues the job, and the next start resumes (resume=auto).
 set -uo pipefail
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
   echo "usage: sbatch [sbatch options] launch/slurm/$STAGE.sbatch RECIPE [key=value ...]" >&2
@@ -38,15 +40,27 @@ export LLM2COMP_REQUEUE_FILE=${LLM2COMP_REQUEUE_FILE:-${SLURM_SUBMIT_DIR:-$PWD}/
 rm -f "$LLM2COMP_REQUEUE_FILE"
 
 echo "llm2comp $STAGE: job $SLURM_JOB_ID (start $(( ${SLURM_RESTART_COUNT:-0} + 1 ))) on $nnodes node(s) [$SLURM_JOB_NODELIST]," \
-  "$nproc worker(s) a node, rendezvous $head_addr:$port, OMP_NUM_THREADS=$OMP_NUM_THREADS, $(date -Is)"
+  "$nproc worker(s) a node, launcher ${LLM2COMP_LAUNCHER:-torchrun}, head $head_addr:$port, OMP_NUM_THREADS=$OMP_NUM_THREADS, $(date -Is)"
 echo "llm2comp $STAGE: --config $RECIPE $*"
 
-srun --ntasks="$nnodes" --ntasks-per-node=1 --kill-on-bad-exit=1 \
-  bash -c 'addr=$(scontrol show node "$SLURMD_NODENAME" | sed -n "s/.*NodeAddr=\([^ ]*\).*/\1/p")
-           exec "$0" --local-addr "${addr:-$(hostname)}" "$@"' \
-  "$LAUNCH_DIR/torchrun_node.sh" --nnodes "$nnodes" --nproc-per-node "$nproc" --max-restarts 0 \
-  --rdzv-backend c10d --rdzv-endpoint "$head_addr:$port" --rdzv-id "$SLURM_JOB_ID" \
-  -m trainer.cli "$STAGE" --config "$RECIPE" "$@"
+# srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05): without it a node's workers share one core.
+if [ "${LLM2COMP_LAUNCHER:-torchrun}" = srun ]; then
+  per_rank=$(( cpus / nproc > 0 ? cpus / nproc : 1 ))
+  gpu_opt=(); [ "${gpus##*:}" -gt 0 ] 2>/dev/null && gpu_opt=(--gpus-per-task=1)
+  export OMP_NUM_THREADS=$per_rank
+  # shellcheck disable=SC2206  # PYTHON may be a command with arguments
+  cmd=(srun --ntasks="$(( nnodes * nproc ))" --ntasks-per-node="$nproc" --cpus-per-task="$per_rank" "${gpu_opt[@]}"
+       --kill-on-bad-exit=1 ${PYTHON:-python3} -m trainer.cli "$STAGE" --config "$RECIPE" "$@")
+else
+  cmd=(srun --ntasks="$nnodes" --ntasks-per-node=1 --cpus-per-task="$cpus" --kill-on-bad-exit=1
+       bash -c 'addr=$(scontrol show node "$SLURMD_NODENAME" | sed -n "s/.*NodeAddr=\([^ ]*\).*/\1/p")
+                exec "$0" --local-addr "${addr:-$(hostname)}" "$@"'
+       "$LAUNCH_DIR/torchrun_node.sh" --nnodes "$nnodes" --nproc-per-node "$nproc" --max-restarts 0
+       --rdzv-backend c10d --rdzv-endpoint "$head_addr:$port" --rdzv-id "$SLURM_JOB_ID"
+       -m trainer.cli "$STAGE" --config "$RECIPE" "$@")
+fi
+echo "llm2comp $STAGE: ${cmd[*]:0:6} ..."
+"${cmd[@]}"
 rc=$?
 
 if [ -e "$LLM2COMP_REQUEUE_FILE" ]; then
@@ -57,7 +71,7 @@ if [ -e "$LLM2COMP_REQUEUE_FILE" ]; then
   exit 0
 fi
 if [ "$rc" -ne 0 ]; then
-  echo "llm2comp $STAGE: job $SLURM_JOB_ID failed (srun exit $rc); the torchrun report above names the failed rank" \
+  echo "llm2comp $STAGE: job $SLURM_JOB_ID failed (srun exit $rc); the launcher's report above names the failed rank" \
     "and node. Submitting the same command again resumes from the newest complete checkpoint." >&2
 fi
 exit "$rc"

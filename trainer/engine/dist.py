@@ -31,7 +31,11 @@ def world_from_env() -> World:
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:  # srun with one task per GPU
         world = World(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
         os.environ.update(RANK=str(world.rank), WORLD_SIZE=str(world.size), LOCAL_RANK=str(world.local_rank))
-        os.environ.setdefault("MASTER_PORT", "29500")
+        # Without MASTER_ADDR DeepSpeed falls back to MPI discovery (and fails without mpi4py): rank 0 runs on
+        # the step's first node. A port per job, so two jobs sharing a node don't collide.
+        if "MASTER_ADDR" not in os.environ:
+            os.environ["MASTER_ADDR"] = slurm_head_address(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", ""))
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "9500")) % 20000))
         return world
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -42,6 +46,42 @@ def world_from_env() -> World:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     return World(0, 1, 0)
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list, as ``scontrol show hostnames`` would print it first:
+    ``gpu[007-009,12],cpu1`` -> ``gpu007``; ``rack[1-2]-n[01-04]`` -> ``rack1-n01``; ``node5`` -> ``node5``."""
+    head, depth = "", 0
+    for ch in nodelist.strip():  # the first entry: up to a comma outside brackets
+        if ch == "," and depth == 0:
+            break
+        depth += ch == "["
+        depth -= ch == "]"
+        head += ch
+    out, rest = "", head
+    while "[" in rest:
+        before, _, after = rest.partition("[")
+        inside, _, rest = after.partition("]")
+        out += before + inside.split(",")[0].split("-")[0]
+    out += rest
+    if not out:
+        raise UserError(f"SLURM node list {nodelist!r}: no host in it (SLURM_JOB_NODELIST)")
+    return out
+
+
+def slurm_head_address(nodelist: str) -> str:
+    """The address of the node list's first host: its ``NodeAddr`` from ``scontrol show node`` (host names
+    need not resolve), or the host name itself where ``scontrol`` is absent."""
+    import shutil
+    import subprocess
+
+    host = first_host(nodelist)
+    if shutil.which("scontrol"):
+        r = subprocess.run(["scontrol", "show", "node", host], capture_output=True, text=True, timeout=30)
+        for field in r.stdout.split():
+            if field.startswith("NodeAddr="):
+                return field.split("=", 1)[1]
+    return host
 
 
 def device_index(local_rank: int, visible: int) -> int:

@@ -5,6 +5,9 @@
 3. encode each chunk again with a graph and back-propagate the cached gradient: each chunk is one
    DeepSpeed micro-step, so ZeRO-2/3 reduce gradients exactly as for gradient accumulation.
 When the rows fit in one chunk, pass 1 keeps its graph and pass 3 is only its backward: no second forward.
+Chunks are cut from the rows sorted by length (longest first), so each chunk pads to a length near its
+own rows' instead of the batch's longest: the loss only sees the embeddings, put back in batch order, so
+the order in which rows are encoded changes no gradient (tested), only the padded tokens computed.
 Dropout masks come from row seeds (``trainer/modeling/row_dropout.py``), so passes 1 and 3 and an
 uncached full-batch pass all see the same masks.
 """
@@ -35,6 +38,16 @@ class Rows:
             width = max(1, int(lengths.max()))  # trim padding to the chunk's longest row
             yield Rows(self.ids[s : s + size, :width], lengths, self.seeds[s : s + size])
 
+    def by_length(self) -> tuple["Rows", torch.Tensor]:
+        """The rows longest first (stable) and the order that did it: ``sorted[i] = self[order[i]]``."""
+        order = torch.sort(self.lengths, descending=True, stable=True).indices
+        return Rows(self.ids[order], self.lengths[order], self.seeds[order]), order
+
+    def padded_tokens(self, size: int, group_by_length: bool = True) -> int:
+        """Token positions the encoder computes for these rows in chunks of ``size`` (padding included)."""
+        rows = self.by_length()[0] if group_by_length else self
+        return sum(len(c) * c.ids.shape[1] for c in rows.chunks(size))
+
 
 def encode(embed: Callable, rows: Rows) -> torch.Tensor:
     with row_seeds(rows.seeds):
@@ -42,17 +55,23 @@ def encode(embed: Callable, rows: Rows) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_without_graph(embed: Callable, rows: Rows, chunk: int) -> torch.Tensor:
-    return torch.cat([encode(embed, c) for c in rows.chunks(chunk)])
+def encode_without_graph(embed: Callable, rows: Rows, chunk: int, group_by_length: bool = True) -> torch.Tensor:
+    """The rows' embeddings in their own order, encoded ``chunk`` rows at a time (longest rows together)."""
+    if not group_by_length:
+        return torch.cat([encode(embed, c) for c in rows.chunks(chunk)])
+    ordered, order = rows.by_length()
+    out = torch.cat([encode(embed, c) for c in ordered.chunks(chunk)])
+    return out[torch.argsort(order)]
 
 
-def first_pass(embed: Callable, rows: Rows, chunk: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def first_pass(embed: Callable, rows: Rows, chunk: int, group_by_length: bool = True
+               ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Pass 1: (embeddings without a graph, None); or, when the rows fit one chunk, (embeddings, the same
     embeddings with their graph) for ``replay(kept=...)``."""
     if len(rows) <= chunk:
         kept = encode(embed, rows)
         return kept.detach(), kept
-    return encode_without_graph(embed, rows, chunk), None
+    return encode_without_graph(embed, rows, chunk, group_by_length), None
 
 
 def loss_and_row_gradients(local: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -64,13 +83,17 @@ def loss_and_row_gradients(local: torch.Tensor, loss_fn: Callable[[torch.Tensor]
 
 
 def replay(embed: Callable, rows: Rows, grad: torch.Tensor, chunk: int, backward: Callable, step: Callable,
-           kept: Optional[torch.Tensor] = None) -> None:
-    """Re-encode chunk by chunk with a graph and push ``grad`` through: one backward and step per chunk
-    (or, with ``kept`` from ``first_pass``, one backward through the graph it kept)."""
+           kept: Optional[torch.Tensor] = None, group_by_length: bool = True) -> None:
+    """Re-encode chunk by chunk with a graph and push ``grad`` (rows in their own order) through: one
+    backward and step per chunk, in the chunks of ``first_pass`` (or, with ``kept`` from it, one backward
+    through the graph it kept)."""
     if kept is not None:
         backward((kept * grad.to(kept.dtype)).sum())
         step()
         return
+    if group_by_length:
+        rows, order = rows.by_length()
+        grad = grad[order]
     start = 0
     for c in rows.chunks(chunk):
         emb = encode(embed, c)

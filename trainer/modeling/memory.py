@@ -25,7 +25,8 @@ def initial_memory(embedding: nn.Module, vocab_size: int, k: int, seed: int = 0,
         raise ValueError(f"memory init {mode!r}: expected one of {MEMORY_INITS}")
     mean, std = embedding_stats(embedding, vocab_size, chunk)
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(k, mean.shape[0], generator=g).to(mean.device) * std
+    # Drawn on the CPU (the same slots on every device and rank), also under a ``with torch.device(...)``.
+    noise = torch.randn(k, mean.shape[0], generator=g, device="cpu").to(mean.device) * std
     return (mean + noise * (1.0 if mode == "sampled" else 1e-2)).to(embedding.weight.dtype)
 
 

@@ -35,6 +35,7 @@ class ContrastSettings:
     temperature: float = 0.05
     attention_dropout: float = 0.2
     chunk: int = 8  # rows encoded at once per rank (gradient caching); >= rows per batch: no caching
+    chunk_by_length: bool = True  # cut chunks from the rank's rows sorted by length (same gradients, less padding)
     negatives: int = 1  # scl: hard negatives per query
     one_source_per_batch: bool = False  # scl: a global batch holds one `source` only
 
@@ -156,7 +157,8 @@ class ContrastTask:
         micro = (engine.micro_steps // self.micro_steps_per_batch) % self.recipe.train.grad_accum
         rows, sizes = self.rows(batch, engine.global_steps, micro)
         embed = lambda ids, lengths: engine("embed", ids=ids, lengths=lengths)
-        local, kept = gradcache.first_pass(embed, rows, self.recipe.contrast.chunk)
+        c = self.recipe.contrast
+        local, kept = gradcache.first_pass(embed, rows, c.chunk, c.chunk_by_length)
         loss, grad = gradcache.loss_and_row_gradients(local, self.loss_fn(sizes))
         self._pending = (embed, rows, grad, kept)
         return LossOutput(loss, int(rows.lengths.sum()))
@@ -166,8 +168,9 @@ class ContrastTask:
         # DeepSpeed averages gradients over ranks and each rank holds only its rows' share of the global
         # loss's gradient: scale by the world size; average over accumulated batches.
         scale = self.world.size / self.recipe.train.grad_accum
-        gradcache.replay(embed, rows, grad * scale, self.recipe.contrast.chunk,
-                         backward=lambda s: engine.backward(s, scale_wrt_gas=False), step=engine.step, kept=kept)
+        c = self.recipe.contrast
+        gradcache.replay(embed, rows, grad * scale, c.chunk, backward=lambda s: engine.backward(s, scale_wrt_gas=False),
+                         step=engine.step, kept=kept, group_by_length=c.chunk_by_length)
         self._pending = None
 
     def run_info(self) -> dict:
