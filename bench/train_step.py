@@ -14,6 +14,10 @@ Stages (``--stage``):
   length-sorted batches (longest first, as ``trainer/serving/encoder.py:Encoder.encode`` does) against the same texts
   in arbitrary order, each batch padded to its longest text.
 
+``--variants`` runs several configurations of the project's path on one model, built once (chunk size,
+chunk grouping, gradient checkpointing, micro-batch, the DeepSpeed engine): each a row, written to the JSON
+as soon as it is measured (bench/session.py runs the GPU session's parts this way).
+
 The stage methods talk to a DeepSpeed-like engine; here ``PlainEngine`` is that engine on plain torch (AdamW
 over the trainable parameters, clipping at 2.0, one optimizer step per batch however many micro-steps
 gradient caching makes of it). ``--deepspeed`` runs the real DeepSpeed engine (ZeRO-2, one rank) instead
@@ -149,14 +153,18 @@ def run_training(a, mode: str, d: Dims, peak: dict, emit=lambda row: None) -> li
                     step, _ = project_step(v, v.stage, model)
                 for i, batch in enumerate(batches):
                     loss, secs = timed(lambda: step(batch), v.device)
-                    (times if i >= v.warmup else warmup_losses).append(secs if i >= v.warmup else loss)
-                    if i >= v.warmup:
+                    if i < v.warmup:
+                        warmup_losses.append(loss)
+                    else:
+                        times.append(secs)
                         losses.append(loss)
                 row["status"] = "ok"
-            except Exception as e:  # an out-of-memory is a result (the variant does not fit), anything else is not
-                if not _is_oom(e):
-                    raise
-                row["status"] = "out of memory"
+            except Exception as e:  # out of memory is a result (the variant does not fit); an error is recorded
+                if not _is_oom(e):  # and the next variant still runs (the exit status says one failed)
+                    import traceback
+
+                    traceback.print_exc()
+                row["status"] = "out of memory" if _is_oom(e) else f"error: {type(e).__name__}: {str(e)[:300]}"
             finally:
                 row["peak_mib"], row["peak_measured_by"] = meter.peak()
                 del step
@@ -372,7 +380,7 @@ def main(argv=None) -> int:
         mem = f", peak memory x{r['peak_memory']:.2f}" if r["peak_memory"] else ""
         print(f"ratio {name.replace('_vs_', ' / ')}: {unit} x{r['tokens_per_s']:.2f}{mem}")
     print(f"wrote {a.json}")
-    bad = [r for r in rows if r.get("nonfinite_losses")]
+    bad = [r for r in rows if r.get("nonfinite_losses") or r["status"].startswith("error")]
     return 1 if bad else 0
 
 
