@@ -11,8 +11,8 @@ it measured it, so a part that crashes or runs out of time loses only itself:
 2. ``checks`` (bench/gpu_checks.py): project vs reference losses in bf16, bidirectionality under every SDPA
    backend, packing, the compiled dropout mask (qwen2-1.5b shape).
 3. ``pretrain`` (bench/train_step.py): stage 1 at the llama2-7b shape (micro-batch 4, windows <= 512):
-   the reference-style path, then the project's with gradient checkpointing on and off (the recipe's
-   choice), then the real DeepSpeed ZeRO-2 engine (bf16, fp32 gradient accumulation).
+   the reference-style path (checkpointed), then the project's without gradient checkpointing (the 7B
+   recipes' setting) and with it, then the real DeepSpeed ZeRO-2 engine (bf16, fp32 gradient accumulation).
 4. ``scl``: stage 3 at the llama2-7b shape with recipe-like lengths (queries ~40 tokens, passages lognormal
    up to 512): one rank's share of the recipe's global batch (128 queries) in gradient-cache chunks of 16,
    32 and 64; chunks in batch order against chunks sorted by length; the whole global batch of 1,024 on one
@@ -45,10 +45,10 @@ PARTS = {
         120,
         ["train_step.py", "--stage", "pretrain", "--device", "cpu", "--model-config", "tiny", "--seq", "48",
          "--steps", "2", "--warmup", "1", "--micro-batch", "2", "--baseline", "--gradient-checkpointing",
-         "--variants", "gradient_checkpointing=1", "gradient_checkpointing=0", "deepspeed=1"],
+         "--variants", "gradient_checkpointing=0", "gradient_checkpointing=1", "deepspeed=1,gradient_checkpointing=0"],
         ["train_step.py", "--stage", "pretrain", "--model-config", "llama2-7b", "--seq", "512", "--micro-batch", "4",
          "--steps", "10", "--warmup", "2", "--baseline", "--gradient-checkpointing",
-         "--variants", "gradient_checkpointing=1", "gradient_checkpointing=0", "deepspeed=1"]),
+         "--variants", "gradient_checkpointing=0", "gradient_checkpointing=1", "deepspeed=1,gradient_checkpointing=0"]),
     "scl": (
         240,
         ["train_step.py", "--stage", "scl", "--device", "cpu", "--model-config", "tiny", "--seq", "96", "--steps", "1",
