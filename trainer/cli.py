@@ -85,14 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="applied to both sentences with the model's instruction template (supervised models)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (logs, scripts)")
     p.set_defaults(func=_lazy("trainer.serving.eval_cli"))
-    p = ev.add_parser("mteb", help="MTEB tasks or a benchmark, through the mteb package (offline: cached tasks)")
-    p.add_argument("--model", required=True, metavar="DIR", help="llm2comp export or sentence-transformers folder")
+    p = ev.add_parser("mteb", help="MTEB tasks or a benchmark, through the mteb package (offline: local folders, "
+                      "cached tasks)")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="llm2comp export, sentence-transformers folder, or causal LM with --pooling")
     p.add_argument("--tasks", metavar="NAME,...", help="e.g. STSBenchmark,SICK-R,SciFact")
-    p.add_argument("--benchmark", metavar="NAME", help="e.g. 'MTEB(eng, v2)'")
+    p.add_argument("--benchmark", metavar="NAME", help="llm2comp-paper (the paper's 14 tasks), llm2comp-offline (six "
+                   "tasks with local copies), or one of mteb's, e.g. 'MTEB(eng, v2)'")
+    p.add_argument("--data-dir", metavar="DIR", help="task data in local folders, DIR/<Task>[-<subset>]/<split>.jsonl "
+                   "(default: $LLM2COMP_MTEB_DATA); other tasks load from the datasets cache or the Hub")
     p.add_argument("--output", metavar="DIR", help="per-task results and summary.json (required unless --download-only)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the model's weights (auto: bf16 on a GPU, fp32 on a CPU); not for sentence-transformers")
+    p.add_argument("--pooling", choices=["mean", "last", "memory"], help="for a plain causal LM")
+    p.add_argument("--first-token", metavar="TOKEN", help="for a plain causal LM: the token every input starts with "
+                   "(auto, none or a vocabulary entry, as model.first_token; default: what the tokenizer adds)")
     p.add_argument("--instructions", metavar="FILE", help="JSON task -> instruction, over the shipped table")
     p.add_argument("--download-only", action="store_true", help="fill the Hugging Face cache with the tasks' data")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (logs, scripts)")
     p.set_defaults(func=_lazy("trainer.serving.evaluation.mteb_eval"))
     p = sub.add_parser("analyze", help="dimensional collapse: singular spectrum, effective rank, alignment, uniformity")
     p.add_argument("--model", required=True, metavar="DIR")

@@ -50,14 +50,16 @@ class PooledLM:
     """Baselines on an untrained causal LM: mean or last-token pooling (causal, as the LM was trained), or
     the LLM2Comp encoding with K fresh memory tokens (bidirectional) before any training."""
 
-    def __init__(self, path: str, pooling: str, k: int = 8, first_token: Optional[str] = None):
+    def __init__(self, path: str, pooling: str, k: int = 8, first_token: Optional[str] = None, dtype=None):
+        """``dtype``: auto (bf16 on a GPU, fp32 on a CPU), float32 or bfloat16."""
         from data_prep.tokenizer import load_tokenizer, tokenizer_identity
         from transformers import AutoModelForCausalLM
 
         from ...modeling.memory import initial_memory
+        from ..encoder import resolve_dtype
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        dtype = resolve_dtype(dtype, self.device)
         from ...modeling.attention import resolve_attention
         from ...modeling.loading import load_config
 

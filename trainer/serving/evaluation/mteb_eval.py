@@ -1,16 +1,22 @@
 """``llm2comp eval mteb --model DIR (--tasks A,B | --benchmark NAME) --output DIR``: the real ``mteb`` package.
 
-Offline (``HF_HUB_OFFLINE=1``, or a machine without network) it scores every task whose data is already in
-the Hugging Face datasets cache, names each task it could not load in one line, and scores the rest;
-``--download-only`` fills the cache on a machine with network, for clusters whose compute nodes have none.
-Under torchrun / srun the ranks share the encoding and rank 0 writes the results. ``--model`` is an
-llm2comp export (instructions with its template, see mteb_model.py) or a sentence-transformers folder.
+Task data: a task with a folder in ``--data-dir`` (or ``$LLM2COMP_MTEB_DATA``) is read from it
+(``mteb_local.py``); every other task loads as mteb loads it, from the Hugging Face datasets cache or the Hub.
+Offline (``HF_HUB_OFFLINE=1``, or a machine without network) a task with neither a folder nor a cached copy
+is named in one line and the rest are scored; ``--download-only`` fills the cache on a machine with network,
+for clusters whose compute nodes have none. ``--benchmark`` takes mteb's benchmarks and llm2comp's own lists
+(``mteb_benchmarks.py``: ``llm2comp-paper``, ``llm2comp-offline``). Every text is encoded once per task,
+longest first (``mteb_dedup.py``). Under torchrun / srun the ranks share the encoding and rank 0 writes the
+results. ``--model`` is an llm2comp export (instructions with its template, see mteb_model.py), a
+sentence-transformers folder, or a plain causal LM with ``--pooling`` (a baseline, no instructions).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import time
 from typing import Optional
 
 from data_prep.errors import UserError
@@ -18,12 +24,16 @@ from data_prep.errors import UserError
 _LOAD_ERRORS = (ConnectionError, OSError, FileNotFoundError, ValueError)
 
 
-def select_tasks(tasks: Optional[str], benchmark: Optional[str]):
+def select_tasks(tasks: Optional[str], benchmark: Optional[str]) -> list:
     import mteb
+
+    from .mteb_benchmarks import BENCHMARKS, benchmark_tasks
 
     if bool(tasks) == bool(benchmark):
         raise UserError("eval mteb: give exactly one of --tasks NAME,... and --benchmark NAME")
     try:
+        if benchmark in BENCHMARKS:
+            return benchmark_tasks(benchmark)
         if benchmark:
             return list(mteb.get_benchmark(benchmark).tasks)
         return [mteb.get_task(name.strip()) for name in tasks.split(",") if name.strip()]
@@ -31,13 +41,39 @@ def select_tasks(tasks: Optional[str], benchmark: Optional[str]):
         raise UserError(f"eval mteb: {str(e).strip(chr(39)).splitlines()[0][:200]}") from None
 
 
-def load_or_skip(tasks: list, say) -> list:
-    """Load each task's data (the cache, or the Hub when reachable); one line for each that cannot be."""
+def load_local_tasks(tasks: list, data_dir: Optional[str], say) -> tuple[dict, dict]:
+    """Fill every task that has a folder in ``data_dir``; (task name -> source record, task name -> seconds)."""
+    from .mteb_local import load_local, local_folders
+
+    sources, seconds = {}, {}
+    if not data_dir:
+        return sources, seconds
+    for task in tasks:
+        folders = local_folders(task, data_dir)
+        if not folders:
+            continue
+        wanted = list(task.hf_subsets)
+        start = time.perf_counter()
+        sources[task.metadata.name] = load_local(task, folders)
+        seconds[task.metadata.name] = time.perf_counter() - start
+        absent = [s for s in wanted if s not in folders]
+        if absent:
+            say(f"{task.metadata.name}: subsets {', '.join(absent)} not evaluated (no folder "
+                f"{task.metadata.name}-<subset> in {data_dir}); evaluated: {', '.join(folders)}")
+    return sources, seconds
+
+
+def load_or_skip(tasks: list, say, sources: dict) -> list:
+    """Load each task's data not already loaded (the cache, or the Hub when reachable); one line for each that
+    cannot be."""
+    from .mteb_local import hub_source
+
     ready = []
     for task in tasks:
         try:
             if not task.data_loaded:
                 task.load_data()
+                sources[task.metadata.name] = hub_source(task)
             ready.append(task)
         except _LOAD_ERRORS as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
@@ -45,13 +81,19 @@ def load_or_skip(tasks: list, say) -> list:
     return ready
 
 
-def model_for(path: str, instructions_file: Optional[str], batch_size: int, world):
-    """(the mteb model, a description) for an llm2comp export or a sentence-transformers folder."""
+def model_for(args, world):
+    """(the mteb model, a description) for an llm2comp export, a sentence-transformers folder or a plain causal
+    LM with ``--pooling``."""
     from data_prep.hub import local_folder
 
     from ..encoder import CONFIG, Encoder
 
-    path = local_folder(path, "--model")
+    path = local_folder(args.model, "--model")
+    plain = not os.path.exists(os.path.join(path, CONFIG)) and not os.path.exists(os.path.join(path, "modules.json"))
+    if (args.pooling or args.first_token) and not plain:
+        flag = "--pooling" if args.pooling else "--first-token"
+        raise UserError(f"{flag}: {path} is an encoder (llm2comp export or sentence-transformers), which keeps "
+                        "its own; only a plain causal LM takes it")
     if os.path.exists(os.path.join(path, CONFIG)):
         from .mteb_model import load_instructions, make_model
 
@@ -60,18 +102,64 @@ def model_for(path: str, instructions_file: Optional[str], batch_size: int, worl
             import torch
 
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-        encoder = Encoder.from_pretrained(path, device=device)
+        encoder = Encoder.from_pretrained(path, device=device, dtype=args.dtype)
         name = os.path.basename(os.path.normpath(path))
-        return make_model(encoder, f"llm2comp/{name}", load_instructions(instructions_file), batch_size, world), "llm2comp"
+        model = make_model(encoder, f"llm2comp/{name}", load_instructions(args.instructions), args.batch_size, world)
+        return model, "llm2comp"
     if os.path.exists(os.path.join(path, "modules.json")):
+        from mteb.models import SentenceTransformerEncoderWrapper
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformer(path), "sentence-transformers"
-    raise UserError(f"--model {path}: neither an llm2comp export nor a sentence-transformers folder")
+        return SentenceTransformerEncoderWrapper(SentenceTransformer(path)), "sentence-transformers"
+    if os.path.exists(os.path.join(path, "config.json")):
+        return plain_model(path, args), f"causal LM, {args.pooling} pooling"
+    raise UserError(f"--model {path}: neither an llm2comp export, a sentence-transformers folder nor a HF model")
+
+
+def plain_model(path: str, args):
+    from .models import POOLINGS, PooledLM
+    from .mteb_model import make_text_model
+
+    if args.pooling not in POOLINGS:
+        raise UserError(f"--model {path} is a plain causal LM: choose --pooling {'|'.join(POOLINGS)}")
+    if args.instructions:
+        raise UserError(f"--instructions: {path} is not an llm2comp export, which alone knows its instruction template")
+    lm = PooledLM(path, args.pooling, first_token=args.first_token, dtype=args.dtype)
+    encoders: dict = {}
+
+    def encode(texts, instruction, batch_size):
+        return encoders.setdefault(batch_size, lm.encoder(batch_size))(texts)
+
+    name = f"{os.path.basename(os.path.normpath(path))}-{args.pooling}"
+    return make_text_model(encode, name, lm.model.config.hidden_size, "local", None, args.batch_size)
+
+
+@contextlib.contextmanager
+def quiet(deliberate_v1: bool):
+    """mteb's classification protocol fits its logistic regression with max_iter=100, and sklearn warns at every
+    fit that stops there (ten per task): part of the protocol, not news. Tasks a benchmark list picked in their
+    v1 version on purpose need no notice that a .v2 exists."""
+    import logging
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    superseded = logging.getLogger("mteb.abstasks.abstask")
+    drop = lambda record: "is superseded by" not in record.getMessage()  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if deliberate_v1:
+            warnings.filterwarnings("ignore", message=".*is superseded by.*")
+            superseded.addFilter(drop)
+        try:
+            yield
+        finally:
+            superseded.removeFilter(drop)
 
 
 def run(args) -> int:
     from ...engine.dist import World, world_from_env
+    from .mteb_local import resolve_data_dir
 
     world = world_from_env() if "WORLD_SIZE" in os.environ or "SLURM_NTASKS" in os.environ else World(0, 1, 0)
     say = print if world.main else (lambda *a, **k: None)
@@ -81,36 +169,52 @@ def run(args) -> int:
         init_distributed(world)
     if not args.download_only and not args.output:
         raise UserError("eval mteb: --output DIR is required (unless --download-only)")
+    data_dir = resolve_data_dir(args.data_dir)
     tasks = select_tasks(args.tasks, args.benchmark)
+    planned = len(tasks)
+    sources, load_s = load_local_tasks(tasks, data_dir, say)
+    tasks = load_or_skip(tasks, say, sources)
     if args.download_only:
-        loaded = load_or_skip(tasks, say)
-        say(f"{len(loaded)} of {len(tasks)} tasks cached: {', '.join(t.metadata.name for t in loaded)}")
-        return 0 if len(loaded) == len(tasks) else 1
-    tasks = load_or_skip(tasks, say)
+        where = "cached" if not load_s else "cached or in --data-dir"
+        say(f"{len(tasks)} of {planned} tasks {where}: {', '.join(t.metadata.name for t in tasks)}")
+        return 0 if len(tasks) == planned else 1
     if not tasks:
-        raise UserError("eval mteb: no task could be loaded (offline without cached data? see the lines above, "
-                        "and `llm2comp eval mteb --download-only` on a machine with network)")
+        raise UserError("eval mteb: no task could be loaded (offline without cached data? see the lines above; "
+                        "--data-dir DIR with a folder per task, or `llm2comp eval mteb --download-only` on a "
+                        "machine with network)")
     import mteb
 
-    model, kind = model_for(args.model, args.instructions, args.batch_size, world)
-    result = mteb.evaluate(model, tasks, cache=None, encode_kwargs={"batch_size": args.batch_size},
-                           show_progress_bar=world.main)
-    summary = {"model": args.model, "kind": kind, "results": {}}
+    from .mteb_benchmarks import BENCHMARKS
+    from .mteb_dedup import make_dedup
+    from .mteb_summary import aggregate, render, task_entry
+
+    inner, kind = model_for(args, world)
+    model = make_dedup(inner)
+    start = time.perf_counter()
+    with quiet(deliberate_v1=args.benchmark in BENCHMARKS):
+        result = mteb.evaluate(model, tasks, cache=None, encode_kwargs={"batch_size": args.batch_size},
+                               show_progress_bar=world.main and args.progress)
+    wall = time.perf_counter() - start
     if world.main:
-        os.makedirs(args.output, exist_ok=True)
         from pathlib import Path
 
+        os.makedirs(args.output, exist_ok=True)
+        results = {}
         for tr in result.task_results:
             tr.to_disk(Path(args.output) / f"{tr.task_name}.json")
-            score = tr.main_score
-            summary["results"][tr.task_name] = {"main_score": 100 * score, "splits": sorted(tr.scores)}
-        if hasattr(model, "instructions_used"):
-            summary["instructions"] = model.instructions_used
+            results[tr.task_name] = task_entry(tr, sources[tr.task_name], model.stats.get(tr.task_name),
+                                               load_s.get(tr.task_name))
+        dtype = args.dtype if kind != "sentence-transformers" else "the model's own"
+        summary = {"model": args.model, "kind": kind, "dtype": dtype, "batch_size": args.batch_size,
+                   "data_dir": data_dir, "results": results,
+                   "aggregate": aggregate(results, args.benchmark, planned), "evaluate_s": round(wall, 1)}
+        if args.pooling:
+            summary["pooling"] = args.pooling
+        if kind == "llm2comp":
+            summary["instructions"] = inner.instructions_used
         with open(os.path.join(args.output, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=2)
-        say("| task | main score (x100) |\n|---|---:|")
-        for name, r in summary["results"].items():
-            say(f"| {name} | {r['main_score']:.2f} |")
+        say(render(summary))
         say(f"results: {args.output}")
     sys.stdout.flush()
     return 0

@@ -1,4 +1,5 @@
-"""An llm2comp export as an MTEB model (``mteb``'s encoder protocol), with per-task instructions.
+"""An llm2comp export as an MTEB model (``mteb``'s encoder protocol), with per-task instructions; a plain
+causal LM with a pooling baseline (``make_text_model``, no instructions: only an export knows its template).
 
 Instructions (LLM2Vec / E5 style) are applied with the export's instruction template, to queries only
 (``prompt_type`` query; documents get none) and, for symmetric tasks (STS, classification, clustering,
@@ -33,24 +34,34 @@ def load_instructions(path: Optional[str] = None) -> dict[str, str]:
 
 def make_model(encoder, name: str, instructions: dict[str, str], batch_size: int, world=None):
     """``encoder``: an ``trainer.serving.Encoder``; ``name``: the model's name in results."""
+    return make_text_model(lambda texts, instruction, bs: shard_encode(encoder, texts, instruction, bs, world), name,
+                           encoder.dimension, str(encoder.config.get("tokenizer_hash", "local"))[-12:], instructions,
+                           batch_size)
+
+
+def make_text_model(encode_texts, name: str, dimension: int, revision: str, instructions: Optional[dict[str, str]],
+                    batch_size: int):
+    """An mteb model around ``encode_texts(texts, instruction or None, batch_size) -> float32 [N, dimension]``.
+    ``instructions``: the task -> instruction table (``task_instruction``), or None for a model that takes none
+    (a plain causal LM with a pooling baseline)."""
     from mteb.models import ModelMeta
     from mteb.models.abs_encoder import AbsEncoder
 
     class LLM2CompMTEB(AbsEncoder):
         def __init__(self):
-            self.encoder, self.prompts_dict, self.batch_size, self.world = encoder, dict(instructions), batch_size, world
-            self.mteb_model_meta = ModelMeta.create_empty(overwrites=dict(
-                name=name, revision=str(encoder.config.get("tokenizer_hash", "local"))[-12:],
-                embed_dim=encoder.dimension))
+            self.prompts_dict, self.batch_size = dict(instructions or {}), batch_size
+            self.mteb_model_meta = ModelMeta.create_empty(overwrites=dict(name=name, revision=revision,
+                                                                          embed_dim=dimension))
             self.instructions_used: dict[str, str] = {}
 
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
             texts = list(inputs.dataset["text"])
             kind = getattr(prompt_type, "value", prompt_type)
-            instruction = "" if kind == "document" else task_instruction(self.prompts_dict, task_metadata, kind)
+            instruction = ""
+            if instructions is not None and kind != "document":
+                instruction = task_instruction(self.prompts_dict, task_metadata, kind)
             self.instructions_used[f"{task_metadata.name}/{kind or 'all'}"] = instruction
-            return shard_encode(self.encoder, texts, instruction or None, kwargs.get("batch_size", self.batch_size),
-                                self.world)
+            return encode_texts(texts, instruction or None, kwargs.get("batch_size", self.batch_size))
 
     return LLM2CompMTEB()
 
