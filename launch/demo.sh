@@ -2,7 +2,16 @@
 # `make demo`: the whole LLM2Comp pipeline on the real SmolLM2-135M, sized for a few minutes on 2 CPU cores:
 # prep -> stage 1 (kl) -> stage 2 (ucl) -> stage 3 (scl), each exported and scored on STS-B, against the
 # base model with mean pooling. The commands are the full-scale ones; only the recipes' sizes differ.
+# --full (or DEMO_FULL=1; `make demo FULL=1`) also scores the base model and the final encoder on six MTEB tasks
+# (`llm2comp eval mteb --benchmark llm2comp-offline`, DATA/mteb), encoded in bf16 where the CPU has it: about
+# 12 minutes more on 2 CPU cores (4 for the base model, 8 for the encoder: instructions and memory tokens).
 set -euo pipefail
+FULL=${DEMO_FULL:-0}
+positional=()
+for a in "$@"; do
+  if [ "$a" = --full ]; then FULL=1; else positional+=("$a"); fi
+done
+set -- ${positional[@]+"${positional[@]}"}
 DATA=${1:-../shared/data}
 OUT=${2:-demo_out}
 STEPS=${DEMO_STEPS:-}            # optimizer steps per stage (default: the demo recipes')
@@ -61,8 +70,23 @@ for s in 1 2 3; do
   score "$OUT/export/stage$s" "stage$s"
 done
 
+if [ "$FULL" = 1 ]; then
+  # Six MTEB tasks through the mteb package: from DATA/mteb when present, else the datasets cache or the Hub.
+  mteb_data=(); [ -d "$DATA/mteb" ] && mteb_data=(--data-dir "$DATA/mteb")
+  mteb_dtype=$([ "$precision" = bf16 ] && echo bfloat16 || echo float32)
+  echo "== MTEB, six tasks (base model, final encoder; encoding in $precision)"
+  rm -rf "$OUT/mteb"
+  mteb() {  # mteb MODEL NAME [eval args]
+    local dir=$1 name=$2; shift 2
+    $LLM2COMP eval mteb --model "$dir" --benchmark llm2comp-offline ${mteb_data[@]+"${mteb_data[@]}"} \
+      --output "$OUT/mteb/$name" --dtype "$mteb_dtype" --no-progress "$@" | grep "not evaluated" || true
+  }
+  mteb "$MODEL" "0-base-mean" --pooling mean
+  mteb "$OUT/export/stage3" "stage3"
+fi
+
 "$PY" - "$OUT" <<'PY'
-import json, sys
+import json, os, sys
 import yaml
 out = sys.argv[1]
 steps = [yaml.safe_load(open(f"{out}/runs/stage{s}/recipe.yaml"))["train"]["max_steps"] for s in (1, 2, 3)]
@@ -76,10 +100,23 @@ print(f"\nStage 1, {last['windows']} held-out windows: KL from the full-context 
 print(f"  before training {first['kl_no_memory']:.3f} -> {first['kl_memory']:.3f} (recovered {first['recovered']:.3f}); "
       f"after {steps[0]} steps {last['kl_no_memory']:.3f} -> {last['kl_memory']:.3f} (recovered {last['recovered']:.3f})")
 which = open(f"{out}/samples/sts_selection.txt").read().strip()  # written by launch/demo_data.py
-print(f"\nSTS Benchmark test, {which}: Spearman x100 of cosine similarity\n")
-print("| model | STS-B |\n|---|---:|")
+mteb = {name: json.load(open(f"{out}/mteb/{name}/summary.json")) for _, name in rows
+        if os.path.exists(f"{out}/mteb/{name}/summary.json")}
+print(f"\nSTS Benchmark test, {which}: Spearman x100 of cosine similarity"
+      + ("; MTEB: the average main score x100 over six tasks (llm2comp-offline)" if mteb else "") + "\n")
+print("| model | STS-B |" + (" MTEB (6 tasks) |" if mteb else "") + "\n|---|---:|" + ("---:|" if mteb else ""))
 for label, name in rows:
-    print(f"| {label} | {json.load(open(f'{out}/eval/{name}.json'))['results']['STSBenchmark']['spearman']:.2f} |")
+    cell = ""
+    if mteb:
+        cell = f" {mteb[name]['aggregate']['average']:.2f} |" if name in mteb else " - |"
+    print(f"| {label} | {json.load(open(f'{out}/eval/{name}.json'))['results']['STSBenchmark']['spearman']:.2f} |{cell}")
+if mteb:
+    tasks = list(next(iter(mteb.values()))["results"])
+    print("\n| MTEB task | " + " | ".join(label.split(",")[0] for label, name in rows if name in mteb) + " |")
+    print("|---|" + "---:|" * len(mteb))
+    for t in tasks:
+        print(f"| {t} | " + " | ".join(f"{m['results'][t]['main_score']:.2f}" if t in m["results"] else ""
+                                       for m in mteb.values()) + " |")
 print(f"\nEncoders: {out}/export/stage*/ (Encoder.from_pretrained, llm2comp encode).")
 print("Demo-sized: a few dozen steps per stage on a CPU, one seed.")
 print("It shows the pipeline end to end; measured reproductions are in docs/RESULTS.md.")
