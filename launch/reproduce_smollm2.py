@@ -35,6 +35,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -42,11 +43,18 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "launch", "recipes")
-VARIANTS = ("kl", "nll", "rc", "mntp", "none", "none-mean")
-NO_STAGE1 = ("none", "none-mean")  # stage 2 starts from the plain base model
-# The protocol (issue 14): seeds and whether stage 3 runs, per variant.
+VARIANTS = ("kl", "nll", "rc", "mntp", "none", "none-memory", "none-mean")
+NO_STAGE1 = ("none", "none-memory", "none-mean")  # stage 2 starts from the plain base model
+# The protocol of issue 14 (profile cpu): seeds and whether stage 3 runs, per variant.
 PLAN = {"kl": ((0, 1, 2), True), "mntp": ((0, 1, 2), True), "none": ((0, 1, 2), True),
         "nll": ((0,), False), "rc": ((0,), False), "none-mean": ((0, 1, 2), False)}
+# Issue 27's (profile cpu2): the same with the strongest no-stage-1 control, none-memory, and no none-mean.
+PLAN_V2 = {"kl": ((0, 1, 2), True), "mntp": ((0, 1, 2), True), "none": ((0, 1, 2), True),
+           "none-memory": ((0, 1, 2), True), "nll": ((0,), False), "rc": ((0,), False)}
+# What a variant changes in a stage's recipe beyond its pipeline's: none-memory trains its fresh memory
+# tokens in stages 2-3 (the recipes keep memory frozen there, as the authors' merge-and-reattach does).
+VARIANT_OVERRIDES = {"none-memory": {"ucl": ["model.train_memory=true"], "scl": ["model.train_memory=true"]}}
+LLM2COMP_STAGE1 = ("kl", "nll", "rc")
 LLM2COMP_RECIPES = {"pretrain": "smollm2-135m-pretrain.yaml", "ucl": "smollm2-135m-ucl.yaml",
                     "scl": "smollm2-135m-scl.yaml"}
 LLM2VEC_RECIPES = {"pretrain": "smollm2-135m-mntp.yaml", "ucl": "smollm2-135m-mntp-ucl.yaml",
@@ -65,6 +73,12 @@ class Profile:
     stage: dict = field(default_factory=dict)  # stage -> overrides
     scl_lrs: tuple[str, ...] = ()  # stage-3 learning rates tried, chosen on STS-B dev (empty: the recipe's)
     nproc: int = 1
+    plan: dict = field(default_factory=lambda: PLAN)  # variant -> (seeds, stage 3 or not)
+    joint_lr: bool = False  # one stage-3 learning rate for every variant (seed 0's mean dev), not one each
+    compression_args: tuple[str, ...] = ()  # `prep compression` arguments (default: --max-tokens WINDOW)
+    valid_paragraphs: int | None = None  # held-out Wikipedia *valid* paragraphs for stage 1's diagnostics
+    llm2comp_stage1: tuple[str, ...] = ()  # stage-1 overrides for the LLM2Comp objectives only (kl, nll, rc)
+    mteb_every_stage: bool = False  # the six MTEB tasks after every stage (the plot), not only final configurations
     mteb_dtype: str = "auto"  # the six MTEB tasks' encoding precision (auto: bf16 on a GPU, fp32 on a CPU)
 
 
@@ -88,6 +102,35 @@ PROFILES = {
         # bf16 encoding: the six MTEB tasks in ~4 min instead of ~10 on one core of this CPU (docs/EVAL.md: the
         # scores move by at most a few hundredths to tenths of a point against fp32)
         mteb_dtype="bfloat16"),
+    # Issue 27, the comparison again with a stage 1 that compresses: stage 1 is issue 24's recipe at its ablation
+    # budget (launch/ablate_stage1.py: 200 x 8 windows of 128-256 tokens with contexts >= 100, warm-up from
+    # 1e-5, linear decay; held-out diagnostics on Wikipedia's valid split) with E's input-embedding delta, the
+    # ablation's best row and the authors' choice; mntp trains on the same windows, steps and schedule. Stage 2
+    # at the authors' learning rate, large enough a batch that its loss does not saturate; stage 3 one recipe
+    # for every variant (warm-up from 1e-5, linear decay, the authors' peak or lower), its learning rate chosen
+    # once on seed 0's STS-B dev averaged over the variants.
+    "cpu2": Profile(
+        paragraphs=20000, sentences=40000, window=256, sentence_tokens=48, dev_pairs=500, analyze_texts=500,
+        compression_args=("--max-tokens", "256", "--min-context", "100", "--min-continuation", "28"),
+        valid_paragraphs=1000,
+        stage={
+            "pretrain": ["max_steps=200", "train.micro_batch=8", "optim.lr=5e-4", "optim.warmup_steps=20",
+                         "optim.warmup_start_lr=1e-5", "optim.warmup_type=linear", "optim.schedule=linear",
+                         "optim.min_lr_ratio=0.1", "eval.windows=48", "train.eval_every=50",
+                         "train.save_every=100", "train.log_every=10", "objective.loss_chunk=1024",
+                         "train.gradient_checkpointing=false"],
+            "ucl": ["max_steps=100", "train.micro_batch=64", "contrast.chunk=64", "optim.lr=3e-5",
+                    "optim.warmup_steps=10", "optim.warmup_start_lr=1e-5", "optim.warmup_type=linear",
+                    "optim.schedule=linear", "optim.min_lr_ratio=0.3333", "train.log_every=5",
+                    "train.save_every=50", "train.gradient_checkpointing=false"],
+            "scl": ["max_steps=100", "train.micro_batch=16", "contrast.chunk=24", "optim.weight_decay=3e-4",
+                    "optim.warmup_steps=10",
+                    "optim.warmup_start_lr=1e-5", "optim.warmup_type=linear", "optim.schedule=linear",
+                    "optim.min_lr_ratio=0.1", "train.log_every=5", "train.save_every=50",
+                    "train.gradient_checkpointing=false", "deepspeed=ds_configs/zero2.json"],
+        },
+        scl_lrs=("1e-4", "3e-5"), mteb_dtype="bfloat16", plan=PLAN_V2, joint_lr=True,
+        llm2comp_stage1=("model.train_input_embeddings=true",), mteb_every_stage=True),
     # The recipes as committed (128k windows, stage 2 batch 128 x 1,000 steps, stage 3 batch 1,024 x 1,000 steps).
     "full": Profile(paragraphs=None, sentences=None, window=512, sentence_tokens=64, dev_pairs=None,
                     analyze_texts=2000),
@@ -139,8 +182,9 @@ def spread(src: str, dst: str, n: int | None) -> list[str]:
 def prepare(run: Runner, data: str, out: str, prof: Profile, model: str) -> dict:
     os.makedirs(f"{out}/samples", exist_ok=True)
     paths = {}
+    compression = list(prof.compression_args) or ["--max-tokens", str(prof.window)]
     for kind, src, n, args in [
-        ("compression", f"{data}/corpus/wiki_paragraphs.train.jsonl.gz", prof.paragraphs, ["--max-tokens", str(prof.window)]),
+        ("compression", f"{data}/corpus/wiki_paragraphs.train.jsonl.gz", prof.paragraphs, compression),
         ("sentences", f"{data}/corpus/wiki_sentences.txt.gz", prof.sentences, ["--max-tokens", str(prof.sentence_tokens)]),
         ("pairs", f"{data}/nli/snli_triplets.jsonl", None,
          ["--max-tokens", str(prof.sentence_tokens), "--instruction", "Retrieve a sentence entailed by the given one"]),
@@ -152,6 +196,12 @@ def prepare(run: Runner, data: str, out: str, prof: Profile, model: str) -> dict
         head(src, sample, n)
         run("prep", kind, "--input", sample, "--tokenizer", model, "--output", paths[kind], "--no-progress",
             "--overwrite", "--workers", str(min(8, os.cpu_count() or 1)), *args)
+    if prof.valid_paragraphs:  # stage 1's held-out windows: another split, never trained on
+        paths["valid"] = f"{out}/data/valid"
+        if not os.path.exists(f"{paths['valid']}/manifest.json"):
+            head(f"{data}/corpus/wiki_paragraphs.valid.jsonl.gz", f"{out}/samples/valid.jsonl", prof.valid_paragraphs)
+            run("prep", "compression", "--input", f"{out}/samples/valid.jsonl", "--tokenizer", model, "--output",
+                paths["valid"], "--no-progress", "--overwrite", *compression)
     # STS-B: dev (all or the first pairs) for every stage; test once per final configuration.
     sts = f"{data}/sts/stsbenchmark"
     os.makedirs(f"{out}/sts-dev/stsbenchmark", exist_ok=True)
@@ -182,7 +232,10 @@ def mteb_dtype(prof: Profile) -> str:
     return "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
 
 
-def score(run: Runner, model: str, paths: dict, name: str, test: bool, pooling: str | None = None) -> dict:
+def score(run: Runner, model: str, paths: dict, name: str, test: bool, pooling: str | None = None,
+          mteb: bool | None = None) -> dict:
+    """STS-B dev (and test for a final configuration), effective rank, and the six MTEB tasks for a final
+    configuration (``mteb``: for any other too, as the plot of every stage needs)."""
     res_dir = os.path.join(run.out, "eval")
     os.makedirs(res_dir, exist_ok=True)
     out, extra = {}, (["--pooling", pooling] if pooling else [])
@@ -197,7 +250,7 @@ def score(run: Runner, model: str, paths: dict, name: str, test: bool, pooling: 
     if not os.path.exists(f"{a}/analysis.json"):
         run("analyze", "--model", model, "--input", paths["analyze"], "--output", a, *extra)
     out["erank"] = json.load(open(f"{a}/analysis.json"))["effective_rank"]
-    if test and paths.get("mteb"):
+    if (test if mteb is None else mteb) and paths.get("mteb"):
         out["mteb"] = mteb_subset(run, model, paths, name, pooling)
     return out
 
@@ -227,9 +280,14 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
     recipe = RECIPES_OF.get(variant, LLM2COMP_RECIPES)[stage]
     data = {"pretrain": "compression", "ucl": "sentences", "scl": "pairs"}[stage]
     args = [f"--config={RECIPES}/{recipe}", f"data={paths[data]}", f"output_dir={out}", "train.progress=false",
-            *prof.stage.get(stage, []), *extra, *([f"seed={seed}"] if seed else [])]
+            *prof.stage.get(stage, []), *VARIANT_OVERRIDES.get(variant, {}).get(stage, []), *extra,
+            *([f"seed={seed}"] if seed else [])]
     if stage == "pretrain":
         args.append(f"objective={variant}")
+        if variant in LLM2COMP_STAGE1:
+            args.extend(prof.llm2comp_stage1)
+        if paths.get("valid"):
+            args.append(f"eval.path={paths['valid']}")
     else:
         args.append(f"init_from={init}" if init else "init_from=null")
     t = time.monotonic()
@@ -246,8 +304,9 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
     world = prof.nproc
     info = {"steps": steps, "samples": steps * r["train"]["micro_batch"] * r["train"].get("grad_accum", 1) * world,
             "wall_s": float(open(f"{out}/wall_s").read()), "train_s": metrics[-1].get("train_s"),
-            "final_loss": metrics[-1]["loss"],
-            "pooling": r["model"].get("pooling", "memory")}
+            "final_loss": metrics[-1]["loss"], "loss_curve": [[m["step"], m["loss"]] for m in metrics],
+            "pooling": r["model"].get("pooling", "memory"), "train_memory": r["model"].get("train_memory"),
+            "train_input_embeddings": r["model"].get("train_input_embeddings")}
     evals = [m for m in rows if m.get("eval")]
     if evals:  # stage 1's held-out diagnostics: before the first update and at the end
         drop = ("step", "eval", "time")
@@ -261,8 +320,9 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
 
 
 def stage3(run: Runner, variant: str, prof: Profile, paths: dict, init: str | None, lrs: tuple[str, ...],
-           seed: int, dev: str) -> list[dict]:
-    """One stage-3 run per candidate learning rate; STS-B dev chooses, and test is scored for the chosen run only."""
+           seed: int, dev: str, choose: bool = True) -> list[dict]:
+    """One stage-3 run per candidate learning rate; STS-B dev chooses, and test is scored for the chosen run only
+    (``choose=False``: the candidates only, for a choice made across variants, ``choose_joint``)."""
     candidates = []
     for lr in lrs or ("",):
         name = f"{variant}-scl-lr{lr}" if lr else f"{variant}-scl"
@@ -273,9 +333,31 @@ def stage3(run: Runner, variant: str, prof: Profile, paths: dict, init: str | No
         candidates.append({"variant": variant, "stage": f"3 (scl, lr {lr})" if lr else "3 (scl)", "device": dev,
                            "seed": seed, "lr": lr or None, **info, **score(run, export, paths, name, test=False),
                            "export": export, "name": name})
-    best = max(candidates, key=lambda r: r["dev"])
-    best.update(score(run, best["export"], paths, best["name"], test=True), selected=True)
+    if choose:
+        best = max(candidates, key=lambda r: r["dev"])
+        best.update(score(run, best["export"], paths, best["name"], test=True), selected=True)
     return candidates
+
+
+def choose_joint(run: Runner, results: Results, prof: Profile, paths: dict, lrs: tuple[str, ...]) -> str | None:
+    """One stage-3 learning rate for every variant: the candidate with the best STS-B dev averaged over the
+    plan's stage-3 variants on seed 0 (ties: the earlier candidate). Each variant's run at that rate becomes its
+    seed-0 stage 3 (scored on test then, and only then). None while a seed-0 candidate is missing."""
+    variants = [v for v, (seeds, scl) in prof.plan.items() if scl and 0 in seeds]
+    files = {(v, lr): results.path(v, 0, f"stage3-lr{lr}") for v in variants for lr in lrs}
+    if not all(os.path.exists(f) for f in files.values()):
+        return None
+    dev = {lr: statistics.mean(json.load(open(files[(v, lr)]))["dev"] for v in variants) for lr in lrs}
+    lr = max(lrs, key=lambda x: dev[x])
+    for v in variants:
+        if os.path.exists(results.path(v, 0, "stage3")):
+            continue
+        rec = json.load(open(files[(v, lr)]))
+        name = f"{v}-scl-lr{lr}"
+        rec.update(score(run, f"{run.out}/export/{name}", paths, name, test=True), selected=True,
+                   stage=rec.get("stage_label"), joint_dev={k: round(d, 4) for k, d in dev.items()})
+        results.write(rec, "stage3")
+    return lr
 
 
 def device_name() -> str:
@@ -299,7 +381,8 @@ class Results:
     # wall_s: the training command, start-up included, of the attempt that finished it; train_s: the training
     # loop's own time summed over every attempt (None for runs trained before the engine recorded it).
     KEYS = ("variant", "stage", "seed", "lr", "selected", "dev", "test", "erank", "steps", "samples", "wall_s",
-            "train_s", "final_loss", "pooling", "device", "diagnostics", "mteb")
+            "train_s", "final_loss", "pooling", "device", "diagnostics", "mteb", "loss_curve", "train_memory",
+            "train_input_embeddings", "joint_dev")
 
     def __init__(self, directory: str, profile: str):
         self.dir, self.profile = directory, profile
@@ -379,21 +462,27 @@ def final_model(run: Runner, rec: dict, base: str) -> tuple[str, str, str | None
 
 
 def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile, paths: dict, dev: str,
-          scl: bool, lrs: tuple[str, ...]) -> list[dict]:
-    """Stage 1 (unless a control without it) -> stage 2 [-> stage 3] of one variant and seed, recording each stage."""
+          scl: bool, lrs: tuple[str, ...], until: str = "stage3") -> list[dict]:
+    """Stage 1 (unless a control without it) -> stage 2 [-> stage 3] of one variant and seed, recording each stage
+    (``until``: stop after that stage)."""
     rows, init = [], None
     suffix = f"-s{seed}" if seed else ""
     for stage in ("ucl",) if variant in NO_STAGE1 else ("pretrain", "ucl"):
+        if until == "stage1" and stage == "ucl":
+            return rows
         name = f"{variant}-{stage}{suffix}"
         export, info = train(run, stage, variant, prof, paths, init, name=name, seed=seed)
         init = info["run"]
         final_unsupervised = stage == "ucl"  # the unsupervised table's final configuration: scored on test once
         row = {"variant": variant, "stage": {"pretrain": "1 (stage 1)", "ucl": "2 (ucl)"}[stage], "seed": seed,
-               "device": dev, **info, **score(run, export, paths, name, test=final_unsupervised)}
+               "device": dev, **info,
+               **score(run, export, paths, name, test=final_unsupervised,
+                       **({"mteb": True} if prof.mteb_every_stage else {}))}
         results.write(row, {"pretrain": "stage1", "ucl": "stage2"}[stage])
         rows.append(row)
-    if scl:
-        candidates = stage3(run, variant, prof, paths, init, lrs, seed, dev)
+    if scl and until == "stage3":
+        joint = prof.joint_lr and seed == 0  # candidates only: choose_joint picks one rate for every variant
+        candidates = stage3(run, variant, prof, paths, init, lrs, seed, dev, choose=not joint)
         for c in candidates:
             if c.get("selected"):
                 results.write(c, "stage3")
@@ -403,16 +492,16 @@ def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile,
     return rows
 
 
-def stage3_lrs(results: Results, variant: str, seed: int, lrs: tuple[str, ...]) -> tuple[str, ...]:
+def stage3_lrs(results: Results, variant: str, seed: int, lrs: tuple[str, ...], plan: dict = PLAN) -> tuple[str, ...]:
     """The stage-3 learning rates a (variant, seed) trains: none without stage 3 in the plan, every candidate
     for seed 0, seed 0's choice for the others."""
-    if not PLAN[variant][1]:
+    if not plan[variant][1]:
         return ()
     return lrs if seed == 0 else chosen_lr(results, variant, lrs)
 
 
 def chosen_lr(results: Results, variant: str, lrs: tuple[str, ...]) -> tuple[str, ...]:
-    """Seeds after 0 use the stage-3 learning rate seed 0's dev chose."""
+    """Seeds after 0 use the stage-3 learning rate seed 0's dev chose (its own, or the one chosen for all)."""
     path = results.path(variant, 0, "stage3")
     if not os.path.exists(path):
         sys.exit(f"reproduce: {variant} seed 0 has no stage-3 result ({path}); run seed 0 first")
@@ -428,10 +517,12 @@ def main() -> int:
     p.add_argument("--results", default=None, help="result files (default docs/results/PROFILE)")
     p.add_argument("--nproc", type=int, default=1, help="GPUs (full profile): torchrun workers")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the plan's (PLAN: kl, mntp, none, none-mean 0 1 2; nll, rc 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's plan (cpu: kl, mntp, none, none-mean 0 1 2; nll, rc 0; cpu2: none-memory for none-mean)")
     p.add_argument("--scl-lrs", nargs="+", default=None, metavar="LR",
                    help="stage-3 learning rates seed 0 tries; STS-B dev chooses (default: the profile's)")
     p.add_argument("--no-mteb", action="store_true", help="no MTEB scores (six tasks of DATA/mteb) for final configurations")
+    p.add_argument("--until", choices=("stage1", "stage2", "stage3"), default="stage3",
+                   help="stop every chain after this stage (e.g. all stage-1 runs first)")
     args = p.parse_args()
     prof = PROFILES[args.profile]
     prof.nproc = args.nproc
@@ -460,14 +551,26 @@ def main() -> int:
     missing_mteb(run, results, paths, model)  # files recorded before the MTEB subset was part of the protocol
     lrs = tuple(args.scl_lrs or prof.scl_lrs)
     # Seed by seed, so that every variant's seed 0 (and the stage-3 choice) is done before further seeds.
-    todo = [(seed, v) for v in args.variants for seed in (args.seeds if args.seeds is not None else PLAN[v][0])]
+    plan = prof.plan
+    variants = [v for v in args.variants if v in plan]
+    todo = [(seed, v) for v in variants for seed in (args.seeds if args.seeds is not None else plan[v][0])]
+    order = ("stage1", "stage2", "stage3")
     for seed, variant in sorted(todo):
-        scl = PLAN[variant][1]
+        scl = plan[variant][1]
         stages = ("stage1",) * (variant not in NO_STAGE1) + ("stage2",) + ("stage3",) * scl
+        stages = tuple(st for st in stages if order.index(st) <= order.index(args.until))
+        if seed > 0 and prof.joint_lr and scl and "stage3" in stages and choose_joint(run, results, prof, paths, lrs) is None:
+            print(f"reproduce: {variant} seed {seed}: stage 3 waits for every variant's seed-0 candidates "
+                  f"(one learning rate for all); run seed 0 of {', '.join(v for v, (_, s) in plan.items() if s)} first")
+            continue
         if results.have(variant, seed, stages):
             print(f"reproduce: {variant} seed {seed}: recorded in {results.dir}; skipped")
             continue
-        chain(run, results, variant, seed, prof, paths, dev, scl, stage3_lrs(results, variant, seed, lrs))
+        chain(run, results, variant, seed, prof, paths, dev, scl, stage3_lrs(results, variant, seed, lrs, plan),
+              until=args.until)
+    if prof.joint_lr and args.until == "stage3":
+        lr = choose_joint(run, results, prof, paths, lrs)
+        print(f"reproduce: stage 3's learning rate for every variant: {lr or 'not chosen yet (seed-0 candidates missing)'}")
     print(f"\nreproduce ({args.profile}): result files in {results.dir}; tables: python launch/results_tables.py")
     return 0
 

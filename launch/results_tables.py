@@ -2,7 +2,11 @@
 
     python launch/results_tables.py [--results docs/results/cpu] [--write docs/RESULTS.md] [--plot FILE.png]
 
-Reads one JSON file per finished (variant, seed, stage) as `launch/reproduce_smollm2.py` writes them, prints
+Reads one JSON file per finished (variant, seed, stage) as `launch/reproduce_smollm2.py` writes them. Profile
+``cpu2`` (issue 27: the comparison again, stage 1 that compresses) has its own tables and verdicts
+(``render_v2``: stage 1's held-out diagnostics and which kl seeds count, stage 2's loss curve, paired
+differences on the MTEB six-task average and STS-B test, issue 27's goals, the six-task average per stage as the
+plot); the others (issue 14's protocol) print
 markdown tables (baselines; after stage 2 and after stage 3: every seed, mean ± standard deviation; paired
 per-seed differences kl − none, kl − mntp, mntp − none-mean and none − mntp, with 95 % intervals; where
 issue 14's goals stand; every run with its dev score, the stage-3 learning-rate choice and its cost; where
@@ -20,9 +24,10 @@ import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORDER = ("kl", "mntp", "nll", "rc", "none", "none-mean")
+ORDER = ("kl", "mntp", "nll", "rc", "none", "none-memory", "none-mean")
 LABEL = {"kl": "kl (LLM2Comp)", "mntp": "mntp (LLM2Vec, mean pooling)", "nll": "nll", "rc": "rc",
-         "none": "none (no stage 1)", "none-mean": "none-mean (no stage 1, mntp's recipes, mean pooling)",
+         "none": "none (no stage 1)", "none-memory": "none-memory (no stage 1, memory trained in stages 2-3)",
+         "none-mean": "none-mean (no stage 1, mntp's recipes, mean pooling)",
          "base-mean": "SmolLM2-135M, mean pooling", "base-last": "SmolLM2-135M, last token",
          "minilm": "all-MiniLM-L6-v2 (reference)"}
 
@@ -82,25 +87,41 @@ def stage_table(rows: list[dict], stage: str) -> str:
     return "\n".join(lines)
 
 
-def paired(rows: list[dict], stage: str, a: str, b: str) -> str:
-    table = by(rows, stage)
+METRICS = {"test": ("STS-B test", lambda r: r.get("test")),
+           "mteb": ("MTEB six-task average", lambda r: (r.get("mteb") or {}).get("average"))}
+
+
+def paired_stats(rows: list[dict], stage: str, a: str, b: str, metric: str = "test", seeds_of=None):
+    """(seeds, per-seed differences a − b, mean, 95 % t-interval or None) over the seeds both ran and scored;
+    ``seeds_of(variant)``: the seeds that count (default all)."""
+    table, value = by(rows, stage), METRICS[metric][1]
     if a not in table or b not in table:
-        return ""
-    seeds = sorted(set(table[a]) & set(table[b]))
+        return None
+    seeds = sorted(s for s in set(table[a]) & set(table[b])
+                   if value(table[a][s]) is not None and value(table[b][s]) is not None
+                   and (seeds_of is None or (s in seeds_of(a) and s in seeds_of(b))))
     if not seeds:  # no seed run by both: nothing to pair
-        return ""
-    diffs = [table[a][s]["test"] - table[b][s]["test"] for s in seeds]
-    cells = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs))
-    won = sum(d > 0 for d in diffs)
-    m, spread = statistics.mean(diffs), ""
+        return None
+    diffs = [value(table[a][s]) - value(table[b][s]) for s in seeds]
+    m, ci = statistics.mean(diffs), None
     if len(diffs) > 1:
         from scipy.stats import t
 
         # What the seeds can resolve: Student's t interval of the mean paired difference (n − 1 df).
-        sd = statistics.stdev(diffs)
-        half = t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
-        spread = f" ± {sd:.2f} sd, 95 % CI [{m - half:+.2f}, {m + half:+.2f}]"
-    return f"- {a} − {b}, STS-B test: {cells}; mean {m:+.2f}{spread}; {a} ahead on {won} of {len(diffs)}"
+        half = t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+        ci = (m - half, m + half)
+    return seeds, diffs, m, ci
+
+
+def paired(rows: list[dict], stage: str, a: str, b: str, metric: str = "test", seeds_of=None) -> str:
+    stats = paired_stats(rows, stage, a, b, metric, seeds_of)
+    if stats is None:
+        return ""
+    seeds, diffs, m, ci = stats
+    cells = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs))
+    spread = f" ± {statistics.stdev(diffs):.2f} sd, 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+    return (f"- {a} − {b}, {METRICS[metric][0]}: {cells}; mean {m:+.2f}{spread}; "
+            f"{a} ahead on {sum(d > 0 for d in diffs)} of {len(diffs)}")
 
 
 def _tests(table: dict, variant: str) -> list[float]:
@@ -259,6 +280,184 @@ def render(rows: list[dict], planned: dict[str, int]) -> str:
     return "\n".join(parts) + "\n"
 
 
+# -- issue 27 (profile cpu2): the comparison again, with a stage 1 that compresses ------------------------------
+RECOVERED_BAR = 0.3  # a kl seed counts only if its stage 1 passes this much through the memory (held out)
+
+
+def recovered(r: dict | None):
+    end = ((r or {}).get("diagnostics") or {}).get("end") or {}
+    return end.get("recovered")
+
+
+def counted_seeds(rows: list[dict]):
+    """seeds_of(variant): every seed, except kl's whose stage 1 recovered less than RECOVERED_BAR."""
+    s1 = by(rows, "stage1")
+    bad = {s for s, r in s1.get("kl", {}).items() if (recovered(r) or 0.0) < RECOVERED_BAR}
+    return lambda v: {r["seed"] for r in rows if r["variant"] == v} - (bad if v == "kl" else set())
+
+
+def stage1_table(rows: list[dict]) -> str:
+    table = by(rows, "stage1")
+    lines = ["| variant | seed | held out: kl_no_memory → kl_memory | recovered (0 → end) | masked-token accuracy | "
+             "STS-B dev | MTEB average | counts |", "|---|---:|---|---|---:|---:|---:|---|"]
+    for v in [v for v in ORDER if v in table]:
+        for seed, r in sorted(table[v].items()):
+            d = r.get("diagnostics") or {}
+            start, end = d.get("start") or {}, d.get("end") or {}
+            kl = f"{end['kl_no_memory']:.3f} → {end['kl_memory']:.3f}" if "kl_memory" in end else ""
+            rec = f"{start.get('recovered', 0):.3f} → {end['recovered']:.3f}" if "recovered" in end else ""
+            acc = fmt(100 * end["mntp_accuracy"]) if "mntp_accuracy" in end else ""
+            counts = "" if v != "kl" else ("yes" if (end.get("recovered") or 0) >= RECOVERED_BAR else
+                                           f"**no** (recovered < {RECOVERED_BAR})")
+            lines.append(f"| {LABEL[v]} | {seed} | {kl} | {rec} | {acc} | {fmt(r['dev'])} | "
+                         f"{fmt((r.get('mteb') or {}).get('average'))} | {counts} |")
+    return "\n".join(lines)
+
+
+def loss_curves(rows: list[dict], stage: str = "stage2", points=(0.05, 0.25, 0.5, 0.75, 1.0)) -> str:
+    """The training loss at a few fractions of each run (logged every few steps): does stage 2 saturate?"""
+    runs = [r for r in rows if r["stage"] == stage and r.get("loss_curve")]
+    if not runs:
+        return ""
+    lines = ["| variant | seed | " + " | ".join(f"loss at {int(100 * q)} %" for q in points) + " |",
+             "|---|---:|" + "---:|" * len(points)]
+    for r in sorted(runs, key=lambda r: (ORDER.index(r["variant"]), r["seed"])):
+        curve = r["loss_curve"]
+        cells = [fmt(curve[min(len(curve) - 1, max(0, round(q * len(curve)) - 1))][1], 3) for q in points]
+        lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goals_v2(rows: list[dict], planned: dict[str, int]) -> str:
+    """Issue 27's goals, from the files. A kl seed whose stage 1 recovered < 0.3 does not count; a verdict on
+    fewer seeds than planned says "so far"; "excludes 0" is the 95 % t-interval of the paired mean difference."""
+    seeds_of = counted_seeds(rows)
+    s2, s3 = by(rows, "stage2"), by(rows, "stage3")
+    avg = METRICS["mteb"][1]
+
+    def done(table, variants):
+        return all(len([s for s, r in table.get(v, {}).items() if s in seeds_of(v) and avg(r) is not None])
+                   >= planned.get(v, 1) for v in variants)
+
+    def pair_verdict(stage, a, b, table):
+        st = paired_stats(rows, stage, a, b, "mteb", seeds_of)
+        if st is None:
+            return None, f"{a} − {b}: no paired seeds yet"
+        seeds, diffs, m, ci = st
+        ok = all(d > 0 for d in diffs) and ci is not None and ci[0] > 0
+        text = (f"{a} − {b} {m:+.2f} (" + ", ".join(f"{d:+.2f}" for d in diffs) + ")"
+                + (f", 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ", one seed: no interval"))
+        return ok, text
+
+    def verdict(ok, variants, table):
+        return ("**met**" if ok else "**not met**") + ("" if done(table, variants) else " so far")
+
+    lines = []
+    results = [pair_verdict("stage2", "kl", o, s2) for o in ("none", "mntp")]
+    if any(ok is not None for ok, _ in results):
+        ok = all(ok for ok, _ in results)
+        lines.append(f"1. After stage 2, kl > none and kl > mntp on the MTEB six-task average, on every counted seed, "
+                     f"the 95 % interval excluding 0: {verdict(ok, ('kl', 'none', 'mntp'), s2)}; "
+                     + "; ".join(t for _, t in results) + ".")
+        means = {v: statistics.mean(x) for v in ("kl", "nll", "rc")
+                 if (x := [avg(r) for s, r in s2.get(v, {}).items() if s in seeds_of(v) and avg(r) is not None])}
+        if len(means) == 3:
+            order_ok = means["kl"] > means["nll"] > means["rc"]
+            lines.append(f"   kl > nll > rc (six-task average after stage 2): {verdict(order_ok, ('kl', 'nll', 'rc'), s2)}; "
+                         + ", ".join(f"{v} {m:.2f}" for v, m in means.items()) + ".")
+    results = [pair_verdict("stage3", "kl", o, s3) for o in ("none", "none-memory", "mntp")]
+    if any(ok is not None for ok, _ in results):
+        ok = all(ok for ok, _ in results)
+        lines.append(f"2. After stage 3, kl > none, kl > none-memory and kl > mntp on the six-task average, the 95 % "
+                     f"interval excluding 0: {verdict(ok, ('kl', 'none', 'none-memory', 'mntp'), s3)}; "
+                     + "; ".join(t for _, t in results) + ".")
+    kl3 = [(s, r["test"]) for s, r in sorted(s3.get("kl", {}).items()) if s in seeds_of("kl") and r.get("test") is not None]
+    if kl3:
+        won = sum(t >= 75 for _, t in kl3)
+        lines.append(f"3. STS-B test after stage 3, kl ≥ 75 on every counted seed: {verdict(won == len(kl3), ('kl',), s3)}; "
+                     + ", ".join(f"seed {s} {t:.2f}" for s, t in kl3) + ".")
+        ref = next((r for r in rows if r["variant"] == "minilm" and r.get("test") is not None), None)
+        if ref is not None:
+            best = max(t for _, t in kl3)
+            mt = [avg(r) for s, r in s3["kl"].items() if s in seeds_of("kl") and avg(r) is not None]
+            ok = best >= ref["test"] and bool(mt) and max(mt) >= (avg(ref) or 1e9)
+            lines.append(f"4. Stretch, all-MiniLM-L6-v2's STS-B test {ref['test']:.2f} and six-task average "
+                         f"{fmt(avg(ref))}: {verdict(ok, ('kl',), s3)}; kl's best seed {best:.2f}"
+                         + (f", six-task average best {max(mt):.2f}" if mt else "") + ".")
+    return "\n".join(lines)
+
+
+def render_v2(rows: list[dict], planned: dict[str, int]) -> str:
+    seeds_of = counted_seeds(rows)
+    parts = [provenance(rows), "", "Baselines:", "", baselines(rows), ""]
+    if any(r["stage"] == "stage1" for r in rows):
+        parts += [f"Stage 1, held-out diagnostics (Wikipedia valid split) and the encoder after it; a kl seed counts "
+                  f"toward the goals only if recovered ≥ {RECOVERED_BAR}:", "", stage1_table(rows), ""]
+    if any(r["stage"] == "stage2" for r in rows):
+        parts += ["After stage 2 (unsupervised, SimCSE-style ucl), STS-B test and the six MTEB tasks scored once per run "
+                  "(the tables list every seed; the paired differences and the goals leave out kl seeds that do not count):",
+                  "", stage_table(rows, "stage2"), "", "Stage 2's training loss (does it saturate?):", "",
+                  loss_curves(rows), ""]
+        for a, b in (("kl", "none"), ("kl", "mntp"), ("kl", "nll"), ("nll", "rc")):
+            for metric in ("mteb", "test"):
+                line = paired(rows, "stage2", a, b, metric, seeds_of)
+                if line:
+                    parts.append(line)
+    if any(r["stage"] == "stage3" for r in rows):
+        lr = sorted({r.get("lr") for r in rows if r["stage"] == "stage3"} - {None})
+        joint = next((r.get("joint_dev") for r in rows if r["stage"] == "stage3" and r.get("joint_dev")), None)
+        choice = (" (mean STS-B dev of the variants' seed 0: " + ", ".join(f"lr {k}: {v:.2f}" for k, v in joint.items())
+                  + ")") if joint else ""
+        parts += ["", f"After stage 3 (supervised, SNLI), one learning rate for every variant, {', '.join(lr)}, chosen on "
+                  f"seed 0's STS-B dev{choice}:", "", stage_table(rows, "stage3"), ""]
+        for a, b in (("kl", "none"), ("kl", "none-memory"), ("kl", "mntp")):
+            for metric in ("mteb", "test"):
+                line = paired(rows, "stage3", a, b, metric, seeds_of)
+                if line:
+                    parts.append(line)
+    table = mteb_table(rows)
+    if table:
+        parts += ["", "The six MTEB tasks with local copies (`eval mteb --benchmark llm2comp-offline`; main score × 100), "
+                  "every configuration that has them, mean over its seeds:", "", table]
+    verdicts = goals_v2(rows, planned)
+    if verdicts:
+        parts += ["", "Where issue 27's goals stand, computed from these files (\"so far\": fewer counted seeds than "
+                  "the plan runs):", "", verdicts]
+    parts += ["", "Every training run (STS-B dev; test is in the tables above), with what it cost:", "", runs_table(rows)]
+    return "\n".join(parts) + "\n"
+
+
+def plot_mteb(rows: list[dict], path: str) -> None:
+    """The MTEB six-task average after each stage, per variant (mean over counted seeds, ±1 sd); stage 0 is the
+    base model (mean pooling) for every variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds_of, avg = counted_seeds(rows), METRICS["mteb"][1]
+    base = next((avg(r) for r in rows if r["variant"] == "base-mean" and avg(r) is not None), None)
+    fig, ax = plt.subplots(figsize=(9.5, 4))
+    for v in ORDER:
+        xs, ys, sds = ([0], [base], [0.0]) if base is not None else ([], [], [])
+        for i, stage in enumerate(("stage1", "stage2", "stage3"), 1):
+            vals = [avg(r) for r in rows if r["variant"] == v and r["stage"] == stage and r["seed"] in seeds_of(v)
+                    and avg(r) is not None]
+            if vals:
+                xs.append(i)
+                ys.append(statistics.mean(vals))
+                sds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        if len(xs) > (1 if base is not None else 0):
+            ax.errorbar(xs, ys, yerr=sds, marker="o", capsize=3, label=LABEL[v])
+    ax.set_xticks([0, 1, 2, 3], ["base model\n(mean pooling)", "stage 1", "stage 2 (ucl)", "stage 3 (scl)"])
+    ax.set_ylabel("MTEB six-task average (× 100)")
+    ax.set_title("The six local MTEB tasks after each stage (mean ± sd over counted seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def plot(rows: list[dict], path: str) -> None:
     """STS-B dev after each stage against the optimizer steps so far, per variant (mean over seeds, ±1 sd)."""
     import matplotlib
@@ -298,11 +497,11 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def planned_seeds() -> dict[str, int]:
-    """Seeds per variant in the driver's PLAN (the driver sits beside this script, so it is on sys.path)."""
-    from reproduce_smollm2 import PLAN
+def planned_seeds(profile: str = "cpu") -> dict[str, int]:
+    """Seeds per variant in the profile's plan (the driver sits beside this script, so it is on sys.path)."""
+    from reproduce_smollm2 import PROFILES
 
-    return {v: len(seeds) for v, (seeds, _) in PLAN.items()}
+    return {v: len(seeds) for v, (seeds, _) in PROFILES[profile].plan.items()}
 
 
 def main() -> int:
@@ -314,10 +513,10 @@ def main() -> int:
     rows = load(args.results)
     if not rows:
         sys.exit(f"results_tables: no result files in {args.results}")
-    text = render(rows, planned_seeds())
+    profile = rows[0]["profile"]
+    text = (render_v2 if profile == "cpu2" else render)(rows, planned_seeds(profile))
     print(text)
     if args.write:
-        profile = rows[0]["profile"]
         begin, end = f"<!-- results:{profile}:begin -->", f"<!-- results:{profile}:end -->"
         doc = open(args.write).read()
         if begin not in doc or end not in doc:
@@ -327,7 +526,7 @@ def main() -> int:
         with open(args.write, "w") as fh:
             fh.write(f"{head}{begin}\n{text}{end}{tail}")
     if args.plot:
-        plot(rows, args.plot)
+        (plot_mteb if profile == "cpu2" else plot)(rows, args.plot)
     return 0
 
 

@@ -271,3 +271,70 @@ def test_final_configurations_carry_the_six_mteb_tasks(tmp_path, capsys):
     assert "| none (no stage 1), after stage 2 | 60.00 | 70.00 | 50.00 | **60.00** | 1 |" in text
     assert "| none (no stage 1) |  | 58.00 | **58.00 (1 seed)** | 60.00 (1 seed) | 9.0 | 60.00 (1 seed) |" in text
     assert "| kl (LLM2Comp) | 58.00 |  | **58.00 (1 seed)** | 60.00 (1 seed) | 9.0 |  |" in text  # none yet
+
+
+def test_issue27_protocol_one_stage3_rate_for_all_variants_and_each_variants_settings(tmp_path, monkeypatch):
+    """cpu2: seed 0 trains every stage-3 candidate of every variant; one rate, the best STS-B dev averaged over
+    the variants, becomes every variant's stage 3 (test scored then only); later seeds train that rate alone.
+    none-memory trains its memory in stages 2-3; the LLM2Comp objectives (not mntp) train E's input-embedding
+    delta; stage 1 evaluates on the held-out valid split; MTEB after every stage; the loss curve is recorded."""
+    prof = repro.PROFILES["cpu2"]
+    dev_of = {("kl", "1e-4"): 70.0, ("kl", "3e-5"): 60.0, ("mntp", "1e-4"): 50.0, ("mntp", "3e-5"): 65.0,
+              ("none", "1e-4"): 55.0, ("none", "3e-5"): 54.0, ("none-memory", "1e-4"): 52.0, ("none-memory", "3e-5"): 51.0}
+    scored = []
+
+    def score(run, model, paths, name, test, pooling=None, mteb=None):
+        scored.append((name, test, mteb))
+        variant, lr = (name.split("-scl-lr")[0], name.split("-scl-lr")[1].split("-s")[0]) if "-scl-lr" in name else (None, None)
+        return {"dev": dev_of.get((variant, lr), 40.0), "erank": 1.0, **({"test": 80.0} if test else {}),
+                **({"mteb": {"average": 50.0}} if (test if mteb is None else mteb) else {})}
+
+    monkeypatch.setattr(repro, "score", score)
+    paths = {"sentences": "s", "compression": "c", "pairs": "p", "valid": "v"}
+    run = FakeRunner(tmp_path / "runs")
+    results = repro.Results(str(tmp_path / "r"), "cpu2")
+    lrs = prof.scl_lrs
+    for variant in ("kl", "mntp", "none", "none-memory"):
+        repro.chain(run, results, variant, 0, prof, paths, "CPU", True, repro.stage3_lrs(results, variant, 0, lrs, prof.plan))
+        assert not os.path.exists(results.path(variant, 0, "stage3"))  # not chosen yet: one rate for all
+    # mean dev: 1e-4 (70 + 50 + 55 + 52) / 4 = 56.75 against 3e-5 57.5: 3e-5 for every variant, kl's best included
+    assert repro.choose_joint(run, results, prof, paths, lrs) == "3e-5"
+    for variant in ("kl", "mntp", "none", "none-memory"):
+        rec = json.load(open(results.path(variant, 0, "stage3")))
+        assert rec["lr"] == "3e-5" and rec["selected"] and rec["test"] == 80.0 and rec["joint_dev"] == {"1e-4": 56.75, "3e-5": 57.5}
+    assert [n for n, test, _ in scored if test and "-scl-" in n] == [f"{v}-scl-lr3e-5" for v in ("kl", "mntp", "none", "none-memory")]
+    assert repro.stage3_lrs(results, "none-memory", 2, lrs, prof.plan) == ("3e-5",)
+    commands = {c[0] + ":" + next(a.split("=", 1)[1].rsplit("/", 1)[-1] for a in c if a.startswith("output_dir=")): c
+                for c in run.commands if c[0] in ("pretrain", "contrast")}
+    assert "model.train_input_embeddings=true" in commands["pretrain:kl-pretrain"]
+    assert "model.train_input_embeddings=true" not in commands["pretrain:mntp-pretrain"]
+    assert all("eval.path=v" in c for k, c in commands.items() if k.startswith("pretrain"))
+    memory = {k: "model.train_memory=true" in c for k, c in commands.items() if k.startswith("contrast")}
+    assert memory["contrast:none-memory-ucl"] and memory["contrast:none-memory-scl-lr1e-4"]
+    assert not memory["contrast:none-ucl"] and not memory["contrast:kl-ucl"]
+    assert ("kl-pretrain", False, True) in scored  # MTEB after stage 1 too (the plot of every stage)
+    stage2 = json.load(open(results.path("kl", 0, "stage2")))
+    assert stage2["loss_curve"] == [[60, 0.1]] and stage2["mteb"] == {"average": 50.0}
+
+
+def test_issue27_goals_count_only_kl_seeds_whose_stage1_compresses(tmp_path):
+    tables = results_tables()
+    results = repro.Results(str(tmp_path / "r"), "cpu2")
+    avgs = {"kl": [60.0, 61.0, 59.0], "none": [55.0, 56.0, 60.0], "mntp": [54.0, 55.0, 58.0]}
+    for variant, values in avgs.items():
+        for seed, a in enumerate(values):
+            if variant == "kl":
+                results.write({"variant": "kl", "seed": seed, "stage": "1 (stage 1)", "dev": 20.0, "erank": 1.0, "device": "CPU", "steps": 200, "samples": 1600,
+                               "diagnostics": {"start": {"recovered": -2.0},
+                                               "end": {"recovered": 0.35 if seed < 2 else 0.2, "kl_memory": 0.8,
+                                                       "kl_no_memory": 1.2}}}, "stage1")
+            results.write({"variant": variant, "seed": seed, "stage": "2 (ucl)", "dev": 50.0, "test": 40.0 + a / 10,
+                           "erank": 1.0, "device": "CPU", "steps": 100, "samples": 6400, "mteb": {"average": a, "tasks": {"STS17": a}},
+                           "loss_curve": [[5, 3.0], [100, 0.6]]}, "stage2")
+    rows = tables.load(str(tmp_path / "r"))
+    text = tables.render_v2(rows, {"kl": 3, "none": 3, "mntp": 3, "nll": 1, "rc": 1, "none-memory": 3})
+    # seed 2 of kl does not count (recovered 0.2 < 0.3): its 59 against none's 60 is left out of the pairing
+    assert "| kl (LLM2Comp) | 2 | 1.200 → 0.800 | -2.000 → 0.200 |" in text and "**no** (recovered < 0.3)" in text
+    assert "- kl − none, MTEB six-task average: seed 0: +5.00, seed 1: +5.00; mean +5.00" in text
+    assert "1. After stage 2, kl > none and kl > mntp" in text and "**met** so far" in text  # 2 of 3 kl seeds count
+    assert "| kl | 0 | 3.000 |" in text  # the loss curve's first point
