@@ -34,9 +34,9 @@ demo: install
 	$(VENV)/bin/llm2comp models pull smollm2-135m
 	$(WITH_VENV) bash launch/demo.sh "$(DATA)" "$(OUT)" $(if $(FULL),--full)
 
-# The small-scale reproduction of docs/RESULTS.md; PROFILE=cpu (reduced: ~11 h on 2 cores, resumable: it
-# skips what docs/results/ records) or full (GPU).
-PROFILE ?= cpu
+# The small-scale reproductions of docs/RESULTS.md, resumable (they skip what docs/results/PROFILE records):
+# PROFILE=cpu2 (issue 27's comparison, ~25 h on 2 cores), cpu (the first, issue 14's: ~11 h) or full (GPU).
+PROFILE ?= cpu2
 reproduce-smollm2: install
 	$(WITH_VENV) $(PY) launch/reproduce_smollm2.py --profile $(PROFILE) --data "$(DATA)"
 
