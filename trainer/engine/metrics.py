@@ -19,6 +19,27 @@ def memory_stats() -> dict:
     return {"mem_rss_gb": psutil.Process().memory_info().rss / 2**30}
 
 
+def set_aside_rows_after(path: str, step: int) -> int:
+    """Move the rows of ``path`` past ``step`` (logged after the checkpoint a run resumes from, so about to be
+    rerun) to ``metrics.superseded.jsonl`` beside it, so each step appears once; returns how many moved. A line
+    cut short by a crash moves too."""
+    keep, drop = [], []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                ok = json.loads(line)["step"] <= step
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            (keep if ok else drop).append(line if line.endswith("\n") else line + "\n")
+    if drop:
+        with open(os.path.join(os.path.dirname(path), "metrics.superseded.jsonl"), "a") as fh:
+            fh.writelines(drop)
+        with open(path + ".tmp", "w") as fh:
+            fh.writelines(keep)
+        os.replace(path + ".tmp", path)
+    return len(drop)
+
+
 class MetricsLogger:
     def __init__(self, output_dir: str, enabled: bool, start_step: int, max_steps: int,
                  tensorboard: bool = True, progress: bool = True, wandb: bool = False,
@@ -29,14 +50,19 @@ class MetricsLogger:
         self.wandb = None
         self.bar: Optional[tqdm] = None
         self.postfix: dict = {}  # the progress bar's figures: the last loss and the last evaluation's
+        self.superseded = 0  # rows logged after the checkpoint this run resumed from (moved aside, rerun now)
         if not enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
-        self.file = open(os.path.join(output_dir, "metrics.jsonl"), "a", buffering=1)
+        path = os.path.join(output_dir, "metrics.jsonl")
+        if os.path.exists(path):
+            self.superseded = set_aside_rows_after(path, start_step)
+        self.file = open(path, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+            # purge_step hides the events a crashed run logged after its last checkpoint, as metrics.jsonl does.
+            self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"), purge_step=start_step + 1)
         if wandb:
             self.wandb = _wandb_run(output_dir, run_config or {})
         self.bar = tqdm(total=max_steps, initial=start_step, disable=not progress or None, dynamic_ncols=True, unit="step")
