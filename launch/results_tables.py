@@ -423,7 +423,9 @@ def render_v2(rows: list[dict], planned: dict[str, int]) -> str:
     if verdicts:
         parts += ["", "Where issue 27's goals stand, computed from these files (\"so far\": fewer counted seeds than "
                   "the plan runs):", "", verdicts]
-    parts += ["", "Every training run (STS-B dev; test is in the tables above), with what it cost:", "", runs_table(rows)]
+    parts += ["", "Every training run (STS-B dev; test is in the tables above), with what it cost: wall time is the "
+              "training command, start-up included, of the launch that finished the run (a run resumed after an "
+              "interruption shows only its last launch); the training loop's time is summed over every launch:", "", runs_table(rows)]
     return "\n".join(parts) + "\n"
 
 
