@@ -44,7 +44,18 @@ def test_a_resumed_run_logs_each_step_once_and_sets_the_crashed_rows_aside(tmp_p
         [(s, 100.0 + s) for s in range(5, 11)]
 
 
-def test_a_fresh_run_appends_nothing_and_moves_nothing(tmp_path):
+def test_a_run_that_crashed_before_its_first_checkpoint_starts_its_log_afresh(tmp_path):
+    crashed = MetricsLogger(str(tmp_path), True, 0, 10, progress=False)
+    crashed.log_eval(0, {"recovered": -1.0})
+    crashed.log(1, {"loss": 1.0})
+    crashed.close()
+    again = MetricsLogger(str(tmp_path), True, 0, 10, progress=False)  # no checkpoint: from step 0, evaluation too
+    again.log_eval(0, {"recovered": -1.0})
+    again.close()
+    assert again.superseded == 2 and [r["step"] for r in _rows(tmp_path / "metrics.jsonl")] == [0]
+
+
+def test_a_run_resumed_where_it_stopped_moves_nothing(tmp_path):
     log = MetricsLogger(str(tmp_path), True, 0, 3, progress=False)
     log.log(1, {"loss": 1.0})
     log.close()

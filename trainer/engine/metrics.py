@@ -21,13 +21,14 @@ def memory_stats() -> dict:
 
 def set_aside_rows_after(path: str, step: int) -> int:
     """Move the rows of ``path`` past ``step`` (logged after the checkpoint a run resumes from, so about to be
-    rerun) to ``metrics.superseded.jsonl`` beside it, so each step appears once; returns how many moved. A line
-    cut short by a crash moves too."""
+    rerun) to ``metrics.superseded.jsonl`` beside it, so each step appears once; returns how many moved. At
+    step 0 (no checkpoint: everything reruns, the step-0 evaluation too) every row moves; so does a line cut
+    short by a crash."""
     keep, drop = [], []
     with open(path) as fh:
         for line in fh:
             try:
-                ok = json.loads(line)["step"] <= step
+                ok = step > 0 and json.loads(line)["step"] <= step
             except (ValueError, KeyError, TypeError):
                 ok = False
             (keep if ok else drop).append(line if line.endswith("\n") else line + "\n")
