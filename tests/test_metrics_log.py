@@ -50,9 +50,12 @@ def test_a_run_that_crashed_before_its_first_checkpoint_starts_its_log_afresh(tm
     crashed.log(1, {"loss": 1.0})
     crashed.close()
     again = MetricsLogger(str(tmp_path), True, 0, 10, progress=False)  # no checkpoint: from step 0, evaluation too
-    again.log_eval(0, {"recovered": -1.0})
+    again.log_eval(0, {"recovered": -0.5})
+    again.log(1, {"loss": 2.0})
     again.close()
-    assert again.superseded == 2 and [r["step"] for r in _rows(tmp_path / "metrics.jsonl")] == [0]
+    assert again.superseded == 2 and [r["step"] for r in _rows(tmp_path / "metrics.jsonl")] == [0, 1]
+    assert _scalars(tmp_path / "tensorboard", "eval/recovered") == [(0, -0.5)]
+    assert _scalars(tmp_path / "tensorboard", "loss") == [(1, 2.0)]
 
 
 def test_a_run_resumed_where_it_stopped_moves_nothing(tmp_path):

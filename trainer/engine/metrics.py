@@ -62,8 +62,10 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step hides the events a crashed run logged after its last checkpoint, as metrics.jsonl does.
-            self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"), purge_step=start_step + 1)
+            # purge_step hides the events a crashed run logged after its last checkpoint (all of them when there
+            # was none), as metrics.jsonl does.
+            self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"),
+                                    purge_step=start_step + 1 if start_step > 0 else 0)
         if wandb:
             self.wandb = _wandb_run(output_dir, run_config or {})
         self.bar = tqdm(total=max_steps, initial=start_step, disable=not progress or None, dynamic_ncols=True, unit="step")
