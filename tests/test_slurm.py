@@ -207,8 +207,8 @@ def test_kill_9_of_a_rank_fails_clearly_and_a_resubmission_resumes(cluster, data
     log = finished(cluster, tmp_path, again)
     assert f"resumed from {run}/checkpoints/step-{max(complete):08d} at step {max(complete)}" in log
     # The steps the killed job logged after its last checkpoint are rerun: logged once, the old rows set aside.
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-             if not json.loads(line).get("eval")]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if not r.get("eval")]
     assert steps == list(range(1, STEPS + 1)), steps
     assert_same_run(run, reference)
 

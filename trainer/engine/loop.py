@@ -108,8 +108,9 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
                             train_cfg.tensorboard and "tensorboard" in train_cfg.report_to, train_cfg.progress,
                             wandb="wandb" in train_cfg.report_to, run_config=run_config)
     if metrics.superseded:
-        say(f"metrics.jsonl: {metrics.superseded} row(s) logged after step {step} (the checkpoint resumed from) "
-            "moved to metrics.superseded.jsonl; those steps run again")
+        since = f"after step {step} (the checkpoint resumed from)" if step else "by an attempt that left no checkpoint"
+        say(f"metrics.jsonl: {metrics.superseded} row(s) logged {since} moved to metrics.superseded.jsonl; "
+            "those steps run again")
     say(f"training {type(task).__name__} on {world.size} rank(s), ZeRO-{zero_stage(ds_config)}, "
         f"{train_cfg.precision}, global batch {train_cfg.micro_batch * train_cfg.grad_accum * world.size}")
 
