@@ -492,10 +492,11 @@ def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile,
     return rows
 
 
-def stage3_lrs(results: Results, variant: str, seed: int, lrs: tuple[str, ...], plan: dict = PLAN) -> tuple[str, ...]:
-    """The stage-3 learning rates a (variant, seed) trains: none without stage 3 in the plan, every candidate
-    for seed 0, seed 0's choice for the others."""
-    if not plan[variant][1]:
+def stage3_lrs(results: Results, variant: str, seed: int, lrs: tuple[str, ...], plan: dict = PLAN,
+               until: str = "stage3") -> tuple[str, ...]:
+    """The stage-3 learning rates a (variant, seed) trains: none without stage 3 in the plan or when the chain
+    stops before it (`--until`), every candidate for seed 0, seed 0's choice for the others."""
+    if not plan[variant][1] or until != "stage3":
         return ()
     return lrs if seed == 0 else chosen_lr(results, variant, lrs)
 
@@ -566,8 +567,8 @@ def main() -> int:
         if results.have(variant, seed, stages):
             print(f"reproduce: {variant} seed {seed}: recorded in {results.dir}; skipped")
             continue
-        chain(run, results, variant, seed, prof, paths, dev, scl, stage3_lrs(results, variant, seed, lrs, plan),
-              until=args.until)
+        chain(run, results, variant, seed, prof, paths, dev, scl,
+              stage3_lrs(results, variant, seed, lrs, plan, args.until), until=args.until)
     if prof.joint_lr and args.until == "stage3":
         lr = choose_joint(run, results, prof, paths, lrs)
         print(f"reproduce: stage 3's learning rate for every variant: {lr or 'not chosen yet (seed-0 candidates missing)'}")

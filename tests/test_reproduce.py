@@ -126,6 +126,10 @@ def test_controls_without_stage1_start_stage2_from_the_base_with_their_recipes(t
     # Seeds after 0 of a variant without stage 3 have no seed-0 choice to look up, and need none.
     assert repro.stage3_lrs(results, "none-mean", 1, ("1e-3", "3e-4")) == ()
     assert repro.stage3_lrs(results, "none", 0, ("1e-3", "3e-4")) == ("1e-3", "3e-4")
+    # A chain that stops before stage 3 (`--until stage2`) needs no seed-0 choice either: seeds 1-2 can run
+    # their stages 1-2 before seed 0's stage 3 exists.
+    assert not os.path.exists(results.path("none", 0, "stage3"))
+    assert repro.stage3_lrs(results, "none", 1, ("1e-3", "3e-4"), until="stage2") == ()
 
 
 def test_each_variant_trains_every_stage_on_its_pipelines_recipes(tmp_path, monkeypatch):
