@@ -90,8 +90,8 @@ def test_results_are_one_file_per_stage_and_later_seeds_use_seed0s_choice(tmp_pa
 class FakeRunner:
     """Records the commands `train` builds and leaves what a finished run leaves (lineage, metrics, recipe)."""
 
-    def __init__(self, out):
-        self.out, self.commands = str(out), []
+    def __init__(self, out, recovered=0.4):
+        self.out, self.commands, self.recovered = str(out), [], recovered  # recovered: stage 1's held-out end
 
     def __call__(self, *args, train=False):
         self.commands.append(args)
@@ -102,7 +102,7 @@ class FakeRunner:
             rows = '{"step": 60, "loss": 0.1}\n'
             if args[0] == "pretrain":  # stage 1 evaluates its held-out windows before and after
                 rows = ('{"step": 0, "eval": true, "recovered": -2.5, "kl_memory": 4.0}\n' + rows
-                        + '{"step": 60, "eval": true, "recovered": 0.4, "kl_memory": 0.7}\n')
+                        + f'{{"step": 60, "eval": true, "recovered": {self.recovered}, "kl_memory": 0.7}}\n')
             open(f"{run}/metrics.jsonl", "w").write(rows)
             open(f"{run}/recipe.yaml", "w").write("model: {pooling: mean}\ntrain: {micro_batch: 32}\n")
         return ""
@@ -342,3 +342,20 @@ def test_issue27_goals_count_only_kl_seeds_whose_stage1_compresses(tmp_path):
     assert "- kl − none, MTEB six-task average: seed 0: +5.00, seed 1: +5.00; mean +5.00" in text
     assert "1. After stage 2, kl > none and kl > mntp" in text and "**met** so far" in text  # 2 of 3 kl seeds count
     assert "| kl | 0 | 3.000 |" in text  # the loss curve's first point
+
+
+def test_issue27_a_kl_seed_whose_stage1_misses_the_bar_stops_after_stage1(tmp_path, monkeypatch):
+    """cpu2: a kl seed whose held-out recovered < 0.3 does not count, so no stage 2-3 compute goes into it; a
+    seed at the bar goes on; mntp (no memory, no bar) goes on whatever its file says."""
+    monkeypatch.setattr(repro, "score", lambda run, model, paths, name, test, pooling=None, mteb=None:
+                        {"dev": 1.0, "erank": 1.0, **({"test": 2.0} if test else {})})
+    prof, paths = repro.PROFILES["cpu2"], {"sentences": "s", "compression": "c", "pairs": "p", "valid": "v"}
+    assert prof.stage1_bar == {"kl": repro.RECOVERED_BAR} == {"kl": 0.3}
+    for variant, recovered, stages in (("kl", 0.186, ["pretrain"]), ("kl", 0.3, ["pretrain", "contrast"]),
+                                       ("mntp", 0.0, ["pretrain", "contrast"])):
+        run = FakeRunner(tmp_path / f"{variant}-{recovered}", recovered=recovered)
+        results = repro.Results(str(tmp_path / f"{variant}-{recovered}" / "r"), "cpu2")
+        repro.chain(run, results, variant, 1, prof, paths, "CPU", True, (), until="stage2")
+        assert [c[0] for c in run.commands if c[0] != "export"] == stages, (variant, recovered)
+        assert os.path.exists(results.path(variant, 1, "stage1"))
+        assert os.path.exists(results.path(variant, 1, "stage2")) == (len(stages) == 2)
