@@ -466,10 +466,34 @@ def final_model(run: Runner, rec: dict, base: str) -> tuple[str, str, str | None
     return (export, name, None) if os.path.exists(f"{export}/modules.json") else None
 
 
+def recovered(rec: dict | None):
+    """The held-out `recovered` at the end of stage 1, from a result file or `train`'s info (None: not measured)."""
+    return (((rec or {}).get("diagnostics") or {}).get("end") or {}).get("recovered")
+
+
+def unpaired(results: Results, prof: Profile, variant: str, seed: int) -> str | None:
+    """Why ``variant`` must not run ``seed`` (None: it may). Under a stage-1 bar the other variants run only the
+    seed numbers that count for the barred one (kl), so that every difference stays paired: that seed's stage 1
+    must be recorded and have reached the bar."""
+    for ref, bar in prof.stage1_bar.items():
+        if variant == ref:
+            continue
+        path = results.path(ref, seed, "stage1")
+        if not os.path.exists(path):
+            return f"{ref} seed {seed} has no stage-1 result yet ({path}); run it first"
+        got = recovered(json.load(open(path)))
+        if got is None or got < bar:
+            return f"{ref} seed {seed} does not count (stage 1 recovered {got} < {bar}); run a seed that counts"
+    return None
+
+
 def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile, paths: dict, dev: str,
           scl: bool, lrs: tuple[str, ...], until: str = "stage3") -> list[dict]:
     """Stage 1 (unless a control without it) -> stage 2 [-> stage 3] of one variant and seed, recording each stage
-    (``until``: stop after that stage)."""
+    (``until``: stop after that stage). A seed that cannot be paired with one that counts runs nothing."""
+    if (why := unpaired(results, prof, variant, seed)) is not None:
+        print(f"reproduce: {variant} seed {seed}: skipped: {why}")
+        return []
     rows, init = [], None
     suffix = f"-s{seed}" if seed else ""
     for stage in ("ucl",) if variant in NO_STAGE1 else ("pretrain", "ucl"):
@@ -486,7 +510,7 @@ def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile,
         results.write(row, {"pretrain": "stage1", "ucl": "stage2"}[stage])
         rows.append(row)
         bar = prof.stage1_bar.get(variant) if stage == "pretrain" else None
-        got = ((info.get("diagnostics") or {}).get("end") or {}).get("recovered")
+        got = recovered(info)
         if bar is not None and (got is None or got < bar):
             print(f"reproduce: {variant} seed {seed}: stage 1 recovered {got} < {bar} (held out): the seed does not "
                   f"count, so its chain stops after stage 1; run another seed in its place")

@@ -282,15 +282,16 @@ def render(rows: list[dict], planned: dict[str, int]) -> str:
 
 # -- issue 27 (profile cpu2): the comparison again, with a stage 1 that compresses ------------------------------
 def recovered_bar() -> float:
-    """The held-out `recovered` a kl seed's stage 1 must reach to count: the driver's protocol constant."""
-    from reproduce_smollm2 import RECOVERED_BAR
+    """The held-out `recovered` a kl seed's stage 1 must reach to count: what the cpu2 profile's driver enforces."""
+    from reproduce_smollm2 import PROFILES
 
-    return RECOVERED_BAR
+    return PROFILES["cpu2"].stage1_bar["kl"]
 
 
 def recovered(r: dict | None):
-    end = ((r or {}).get("diagnostics") or {}).get("end") or {}
-    return end.get("recovered")
+    from reproduce_smollm2 import recovered
+
+    return recovered(r)
 
 
 def counted_seeds(rows: list[dict]):

@@ -351,11 +351,34 @@ def test_issue27_a_kl_seed_whose_stage1_misses_the_bar_stops_after_stage1(tmp_pa
                         {"dev": 1.0, "erank": 1.0, **({"test": 2.0} if test else {})})
     prof, paths = repro.PROFILES["cpu2"], {"sentences": "s", "compression": "c", "pairs": "p", "valid": "v"}
     assert prof.stage1_bar == {"kl": repro.RECOVERED_BAR} == {"kl": 0.3}
-    for variant, recovered, stages in (("kl", 0.186, ["pretrain"]), ("kl", 0.3, ["pretrain", "contrast"]),
-                                       ("mntp", 0.0, ["pretrain", "contrast"])):
-        run = FakeRunner(tmp_path / f"{variant}-{recovered}", recovered=recovered)
-        results = repro.Results(str(tmp_path / f"{variant}-{recovered}" / "r"), "cpu2")
-        repro.chain(run, results, variant, 1, prof, paths, "CPU", True, (), until="stage2")
-        assert [c[0] for c in run.commands if c[0] != "export"] == stages, (variant, recovered)
-        assert os.path.exists(results.path(variant, 1, "stage1"))
-        assert os.path.exists(results.path(variant, 1, "stage2")) == (len(stages) == 2)
+    for kl_recovered, kl_stages in ((0.186, ["pretrain"]), (0.3, ["pretrain", "contrast"])):
+        results = repro.Results(str(tmp_path / f"{kl_recovered}" / "r"), "cpu2")
+        for variant, recovered, stages in (("kl", kl_recovered, kl_stages), ("mntp", 0.0, ["pretrain", "contrast"])):
+            run = FakeRunner(tmp_path / f"{kl_recovered}" / variant, recovered=recovered)
+            repro.chain(run, results, variant, 1, prof, paths, "CPU", True, (), until="stage2")
+            if variant == "mntp" and kl_recovered < 0.3:  # controls run only the seeds that count for kl
+                stages = []
+            assert [c[0] for c in run.commands if c[0] != "export"] == stages, (variant, recovered)
+            assert os.path.exists(results.path(variant, 1, "stage1")) == bool(stages)
+            assert os.path.exists(results.path(variant, 1, "stage2")) == (len(stages) == 2)
+
+
+def test_issue27_controls_run_only_the_seeds_that_count_for_kl(tmp_path, monkeypatch, capsys):
+    """cpu2: mntp, none, none-memory, nll and rc run seed S only once kl seed S's stage 1 is recorded at the bar,
+    so that no control compute goes into a seed with nothing to pair; kl itself is never held back."""
+    monkeypatch.setattr(repro, "score", lambda run, model, paths, name, test, pooling=None, mteb=None:
+                        {"dev": 1.0, "erank": 1.0, **({"test": 2.0} if test else {})})
+    prof, paths = repro.PROFILES["cpu2"], {"sentences": "s", "compression": "c", "pairs": "p", "valid": "v"}
+    results = repro.Results(str(tmp_path / "r"), "cpu2")
+    for seed, recovered in ((1, 0.186), (3, 0.31)):
+        repro.chain(FakeRunner(tmp_path / "kl", recovered=recovered), results, "kl", seed, prof, paths, "CPU", True, (),
+                    until="stage1")
+    for variant in ("mntp", "none", "none-memory", "nll"):
+        for seed, runs in ((1, False), (2, False), (3, True)):
+            run = FakeRunner(tmp_path / variant)
+            assert bool(repro.chain(run, results, variant, seed, prof, paths, "CPU", True, (), until="stage2")) == runs
+            assert bool(run.commands) == runs and results.have(variant, seed, ("stage2",)) == runs, (variant, seed)
+    out = capsys.readouterr().out
+    assert "none seed 1: skipped: kl seed 1 does not count (stage 1 recovered 0.186 < 0.3)" in out
+    assert "none seed 2: skipped: kl seed 2 has no stage-1 result yet" in out
+    assert repro.unpaired(results, repro.PROFILES["cpu"], "none", 1) is None  # no bar, no pairing rule
