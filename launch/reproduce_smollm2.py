@@ -471,6 +471,12 @@ def recovered(rec: dict | None):
     return (((rec or {}).get("diagnostics") or {}).get("end") or {}).get("recovered")
 
 
+def counts(got: float | None, bar: float) -> bool:
+    """Whether a stage 1 that recovered ``got`` (None: not measured) reaches ``bar``: the one rule the driver's
+    stop, its pairing gate and the tables all apply."""
+    return got is not None and got >= bar
+
+
 def unpaired(results: Results, prof: Profile, variant: str, seed: int) -> str | None:
     """Why ``variant`` must not run ``seed`` (None: it may). Under a stage-1 bar the other variants run only the
     seed numbers that count for the barred one (kl), so that every difference stays paired: that seed's stage 1
@@ -482,7 +488,7 @@ def unpaired(results: Results, prof: Profile, variant: str, seed: int) -> str | 
         if not os.path.exists(path):
             return f"{ref} seed {seed} has no stage-1 result yet ({path}); run it first"
         got = recovered(json.load(open(path)))
-        if got is None or got < bar:
+        if not counts(got, bar):
             return f"{ref} seed {seed} does not count (stage 1 recovered {got} < {bar}); run a seed that counts"
     return None
 
@@ -511,7 +517,7 @@ def chain(run: Runner, results: Results, variant: str, seed: int, prof: Profile,
         rows.append(row)
         bar = prof.stage1_bar.get(variant) if stage == "pretrain" else None
         got = recovered(info)
-        if bar is not None and (got is None or got < bar):
+        if bar is not None and not counts(got, bar):
             print(f"reproduce: {variant} seed {seed}: stage 1 recovered {got} < {bar} (held out): the seed does not "
                   f"count, so its chain stops after stage 1; run another seed in its place")
             return rows

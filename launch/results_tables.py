@@ -288,16 +288,17 @@ def recovered_bar() -> float:
     return PROFILES["cpu2"].stage1_bar["kl"]
 
 
-def recovered(r: dict | None):
-    from reproduce_smollm2 import recovered
+def counts(r: dict | None) -> bool:
+    """Whether a kl stage-1 result reached the bar (the driver's own rule)."""
+    from reproduce_smollm2 import counts, recovered
 
-    return recovered(r)
+    return counts(recovered(r), recovered_bar())
 
 
 def counted_seeds(rows: list[dict]):
     """seeds_of(variant): every seed, except kl's whose stage 1 recovered less than recovered_bar()."""
     s1 = by(rows, "stage1")
-    bad = {s for s, r in s1.get("kl", {}).items() if (recovered(r) or 0.0) < recovered_bar()}
+    bad = {s for s, r in s1.get("kl", {}).items() if not counts(r)}
     return lambda v: {r["seed"] for r in rows if r["variant"] == v} - (bad if v == "kl" else set())
 
 
@@ -312,10 +313,9 @@ def stage1_table(rows: list[dict]) -> str:
             kl = f"{end['kl_no_memory']:.3f} → {end['kl_memory']:.3f}" if "kl_memory" in end else ""
             rec = f"{start.get('recovered', 0):.3f} → {end['recovered']:.3f}" if "recovered" in end else ""
             acc = fmt(100 * end["mntp_accuracy"]) if "mntp_accuracy" in end else ""
-            counts = "" if v != "kl" else ("yes" if (end.get("recovered") or 0) >= recovered_bar() else
-                                           f"**no** (recovered < {recovered_bar()})")
+            ok = "" if v != "kl" else "yes" if counts(r) else f"**no** (recovered < {recovered_bar()})"
             lines.append(f"| {LABEL[v]} | {seed} | {kl} | {rec} | {acc} | {fmt(r['dev'])} | "
-                         f"{fmt((r.get('mteb') or {}).get('average'))} | {counts} |")
+                         f"{fmt((r.get('mteb') or {}).get('average'))} | {ok} |")
     return "\n".join(lines)
 
 

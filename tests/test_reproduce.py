@@ -346,7 +346,7 @@ def test_issue27_goals_count_only_kl_seeds_whose_stage1_compresses(tmp_path):
 
 def test_issue27_a_kl_seed_whose_stage1_misses_the_bar_stops_after_stage1(tmp_path, monkeypatch):
     """cpu2: a kl seed whose held-out recovered < 0.3 does not count, so no stage 2-3 compute goes into it; a
-    seed at the bar goes on; mntp (no memory, no bar) goes on whatever its file says."""
+    seed at the bar goes on; mntp (no bar of its own) runs the seed only when kl's counts."""
     monkeypatch.setattr(repro, "score", lambda run, model, paths, name, test, pooling=None, mteb=None:
                         {"dev": 1.0, "erank": 1.0, **({"test": 2.0} if test else {})})
     prof, paths = repro.PROFILES["cpu2"], {"sentences": "s", "compression": "c", "pairs": "p", "valid": "v"}
@@ -373,7 +373,7 @@ def test_issue27_controls_run_only_the_seeds_that_count_for_kl(tmp_path, monkeyp
     for seed, recovered in ((1, 0.186), (3, 0.31)):
         repro.chain(FakeRunner(tmp_path / "kl", recovered=recovered), results, "kl", seed, prof, paths, "CPU", True, (),
                     until="stage1")
-    for variant in ("mntp", "none", "none-memory", "nll"):
+    for variant in ("mntp", "none", "none-memory", "nll", "rc"):
         for seed, runs in ((1, False), (2, False), (3, True)):
             run = FakeRunner(tmp_path / variant)
             assert bool(repro.chain(run, results, variant, seed, prof, paths, "CPU", True, (), until="stage2")) == runs
@@ -382,3 +382,4 @@ def test_issue27_controls_run_only_the_seeds_that_count_for_kl(tmp_path, monkeyp
     assert "none seed 1: skipped: kl seed 1 does not count (stage 1 recovered 0.186 < 0.3)" in out
     assert "none seed 2: skipped: kl seed 2 has no stage-1 result yet" in out
     assert repro.unpaired(results, repro.PROFILES["cpu"], "none", 1) is None  # no bar, no pairing rule
+    assert [repro.counts(g, 0.3) for g in (None, 0.299, 0.3, 0.31)] == [False, False, True, True]
