@@ -383,3 +383,26 @@ def test_issue27_controls_run_only_the_seeds_that_count_for_kl(tmp_path, monkeyp
     assert "none seed 2: skipped: kl seed 2 has no stage-1 result yet" in out
     assert repro.unpaired(results, repro.PROFILES["cpu"], "none", 1) is None  # no bar, no pairing rule
     assert [repro.counts(g, 0.3) for g in (None, 0.299, 0.3, 0.31)] == [False, False, True, True]
+
+
+def test_issue27_every_goal_has_a_line_and_the_jointly_chosen_run_is_listed_once(tmp_path):
+    """A goal with nothing to judge yet says so (it is not left out), and seed 0's chosen stage-3 run, written
+    both as its candidate and as the selected file, is one run in the runs table and in the wall-time total."""
+    tables = results_tables()
+    results = repro.Results(str(tmp_path / "r"), "cpu2")
+    base = {"seed": 0, "device": "CPU", "erank": 1.0, "steps": 100, "samples": 1600, "wall_s": 1800.0}
+    results.write({**base, "variant": "kl", "dev": 20.0, "diagnostics": {"end": {"recovered": 0.35}}}, "stage1")
+    for variant in ("kl", "none"):
+        results.write({**base, "variant": variant, "dev": 30.0, "test": 25.0, "mteb": {"average": 40.0, "tasks": {"STS17": 40.0}}}, "stage2")
+    for lr, dev in (("1e-4", 79.0), ("3e-5", 60.0)):
+        results.write({**base, "variant": "kl", "dev": dev, "lr": lr}, f"stage3-lr{lr}")
+    results.write({**base, "variant": "kl", "dev": 79.0, "test": 70.0, "lr": "1e-4", "selected": True}, "stage3")
+    text = tables.render_v2(tables.load(str(tmp_path / "r")), {"kl": 3, "none": 3, "mntp": 3, "nll": 1, "rc": 1})
+    assert "kl − mntp: no paired seeds yet" in text and "kl − none +0.00" in text
+    assert "kl > nll > rc (six-task average after stage 2): **not judged yet**: no stage-2 six-task average of nll, rc yet" in text
+    assert "2. After stage 3, kl > none, kl > none-memory and kl > mntp" in text and "**not judged yet**: kl − none: no paired" in text
+    assert "3. STS-B test after stage 3, kl ≥ 75 on every counted seed: **not met** so far; seed 0 70.00." in text
+    stage3_runs = [line for line in text.splitlines() if line.startswith("| kl | 3")]
+    assert stage3_runs == ["| kl | 3, lr 1e-4 (chosen on dev) | 0 | 79.00 |  | 100 × 16 | 1800 |  |",
+                           "| kl | 3, lr 3e-5 | 0 | 60.00 |  | 100 × 16 | 1800 |  |"]
+    assert "2.5 h of training wall time in all" in text  # 5 runs × 1,800 s: the chosen run counted once
