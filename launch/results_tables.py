@@ -364,7 +364,14 @@ def goals_v2(rows: list[dict], planned: dict[str, int]) -> str:
         return ok, text
 
     def verdict(ok, variants, table):
+        if ok is None:  # a pairing of the goal has no seeds yet, and none of the others misses
+            return "**not judged yet**"
         return ("**met**" if ok else "**not met**") + ("" if done(table, variants) else " so far")
+
+    def every(results):
+        """A goal made of pairings: missed if one misses, open while one has no seeds, else met."""
+        oks = [ok for ok, _ in results]
+        return False if False in oks else None if None in oks else True
 
     def pending(what):
         return f"**not judged yet**: {what}"
@@ -377,7 +384,7 @@ def goals_v2(rows: list[dict], planned: dict[str, int]) -> str:
     lines = []
     results = [pair_verdict("stage2", "kl", o, s2) for o in ("none", "mntp")]
     if any(ok is not None for ok, _ in results):
-        ok = all(ok for ok, _ in results)
+        ok = every(results)
         lines.append(g1 + f"{verdict(ok, ('kl', 'none', 'mntp'), s2)}; " + "; ".join(t for _, t in results) + ".")
     else:
         lines.append(g1 + pending("; ".join(t for _, t in results)) + ".")
@@ -392,7 +399,7 @@ def goals_v2(rows: list[dict], planned: dict[str, int]) -> str:
         lines.append(g1b + pending(f"no stage-2 six-task average of {', '.join(missing)} yet") + ".")
     results = [pair_verdict("stage3", "kl", o, s3) for o in ("none", "none-memory", "mntp")]
     if any(ok is not None for ok, _ in results):
-        ok = all(ok for ok, _ in results)
+        ok = every(results)
         lines.append(g2 + f"{verdict(ok, ('kl', 'none', 'none-memory', 'mntp'), s3)}; "
                      + "; ".join(t for _, t in results) + ".")
     else:

@@ -406,3 +406,18 @@ def test_issue27_every_goal_has_a_line_and_the_jointly_chosen_run_is_listed_once
     assert stage3_runs == ["| kl | 3, lr 1e-4 (chosen on dev) | 0 | 79.00 |  | 100 × 16 | 1800 |  |",
                            "| kl | 3, lr 3e-5 | 0 | 60.00 |  | 100 × 16 | 1800 |  |"]
     assert "2.5 h of training wall time in all" in text  # 5 runs × 1,800 s: the chosen run counted once
+
+
+def test_issue27_a_goal_with_a_pairing_still_missing_is_not_judged_not_missed(tmp_path):
+    """kl beats none on every counted seed, but mntp has no stage 2 yet: goal 1 is open, not missed."""
+    tables = results_tables()
+    results = repro.Results(str(tmp_path / "r"), "cpu2")
+    base = {"device": "CPU", "erank": 1.0, "steps": 100, "samples": 6400, "dev": 30.0, "test": 25.0}
+    for seed, gain in enumerate((2.0, 3.0, 2.5)):
+        results.write({**base, "seed": seed, "variant": "kl", "diagnostics": {"end": {"recovered": 0.35}}}, "stage1")
+        for variant, a in (("kl", 40.0 + gain), ("none", 40.0)):
+            results.write({**base, "seed": seed, "variant": variant, "mteb": {"average": a, "tasks": {"STS17": a}}}, "stage2")
+    text = tables.render_v2(tables.load(str(tmp_path / "r")), {"kl": 3, "none": 3, "mntp": 3, "nll": 1, "rc": 1})
+    goal1 = next(line for line in text.splitlines() if line.startswith("1. After stage 2"))
+    assert "**not judged yet**; kl − none +2.50 (+2.00, +3.00, +2.50), 95 % CI [" in goal1
+    assert goal1.endswith("kl − mntp: no paired seeds yet.") and "not met" not in goal1
