@@ -23,7 +23,9 @@ steps, a subset of STS-B dev, bf16 training. Every command is printed and append
 finished steps are skipped when the script is run again, so an interrupted reproduction continues where it
 stopped. Each finished stage's scores go to one small JSON file under `--results` (default
 docs/results/PROFILE/, meant to be committed): a later run, on another machine too, skips every
-(variant, seed) whose files are all there. `launch/results_tables.py` turns those files into the tables
+(variant, seed) whose files are all there. A chain whose later stages are missing and whose earlier runs are
+gone (another machine) trains those again, and records them again: the later stages build on the new weights
+(the earlier figures stay in the file, under `replaces`). `launch/results_tables.py` turns those files into the tables
 and the plot of docs/RESULTS.md.
 """
 from __future__ import annotations
@@ -296,7 +298,11 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
     else:
         args.append(f"init_from={init}" if init else "init_from=null")
     t = time.monotonic()
-    if not os.path.exists(f"{out}/final/lineage.json"):
+    trained_now = not os.path.exists(f"{out}/final/lineage.json")
+    if trained_now:
+        # Whatever an earlier run of this name left (its export, its scores) describes other weights: drop it,
+        # or the scoring below would reuse it for this run.
+        drop_derived(run.out, name)
         run("pretrain" if stage == "pretrain" else "contrast", *args, train=True)
         with open(f"{out}/wall_s", "w") as fh:
             fh.write(f"{time.monotonic() - t:.1f}\n")
@@ -321,7 +327,16 @@ def train(run: Runner, stage: str, variant: str, prof: Profile, paths: dict, ini
     export = f"{run.out}/export/{name}"
     if not os.path.exists(f"{export}/modules.json"):
         run("export", "--run", out, "--output", export)
-    return export, {**info, "run": out}
+    return export, {**info, "run": out, "trained_now": trained_now}
+
+
+def drop_derived(out: str, name: str) -> None:
+    """Remove what was derived from run ``name``'s weights: its export and its cached scores."""
+    for path in (f"{out}/export/{name}", f"{out}/analysis/{name}", f"{out}/mteb/{name}"):
+        shutil.rmtree(path, ignore_errors=True)
+    for split in ("dev", "test"):
+        if os.path.exists(f := f"{out}/eval/{name}.{split}.json"):
+            os.remove(f)
 
 
 def stage3(run: Runner, variant: str, prof: Profile, paths: dict, init: str | None, lrs: tuple[str, ...],
@@ -388,6 +403,8 @@ class Results:
     KEYS = ("variant", "stage", "seed", "lr", "selected", "dev", "test", "erank", "steps", "samples", "wall_s",
             "train_s", "final_loss", "pooling", "device", "diagnostics", "mteb", "loss_curve", "train_memory",
             "train_input_embeddings", "joint_dev")
+    # What a record that is replaced leaves behind in its successor: its headline figures and their provenance.
+    REPLACED = ("dev", "test", "erank", "final_loss", "wall_s", "diagnostics", "commit", "date", "replaces")
 
     def __init__(self, directory: str, profile: str):
         self.dir, self.profile = directory, profile
@@ -401,17 +418,29 @@ class Results:
 
     def write(self, row: dict, stage: str) -> None:
         """Record a stage once: a chain resumed later (other code, another day) re-reads its finished stages
-        and must not restamp them with its own commit and date."""
-        if os.path.exists(self.path(row["variant"], row.get("seed", 0), stage)):
-            return
+        and must not restamp them with its own commit and date. A recorded stage that had to be trained again
+        (its run was gone: another machine) is recorded again, since the later stages build on the new weights;
+        the earlier record's figures stay in the file under ``replaces``."""
+        path = self.path(row["variant"], row.get("seed", 0), stage)
+        earlier = None
+        if os.path.exists(path):
+            if not row.get("trained_now"):
+                return
+            earlier = json.load(open(path))
+            print(f"reproduce: {os.path.basename(path)}: its run was trained again (the recorded one is gone), so "
+                  f"the later stages build on new weights; recorded again, the earlier figures under 'replaces'")
         rec = {k: row.get(k) for k in self.KEYS}
         rec.update(stage=stage, stage_label=row.get("stage"), profile=self.profile, commit=commit_id(),
                    date=time.strftime("%Y-%m-%d"))
-        tmp = self.path(row["variant"], row.get("seed", 0), stage) + ".tmp"
+        if earlier is not None:
+            rec["replaces"] = {k: earlier.get(k) for k in self.REPLACED if earlier.get(k) is not None}
+            if (earlier.get("mteb") or {}).get("average") is not None:
+                rec["replaces"]["mteb_average"] = earlier["mteb"]["average"]
+        tmp = path + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(rec, fh, indent=2)
             fh.write("\n")
-        os.replace(tmp, self.path(row["variant"], row.get("seed", 0), stage))
+        os.replace(tmp, path)
 
     def add_mteb(self, path: str, mteb: dict) -> None:
         """Add the six MTEB tasks' scores to a file recorded without them, stamped with their own commit and date

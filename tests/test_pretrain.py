@@ -40,7 +40,7 @@ def test_two_ranks_overfit_a_small_set_under_each_zero_stage(tmp_path, overfit_d
                f"train.deepspeed={ROOT / 'ds_configs' / (zero + '.json')}",
                "objective=nll", "max_steps=20", "optim.lr=2e-2", "model.config_overrides.initializer_range=0.3",
                "optim.warmup_ratio=0", "optim.schedule=constant", f"train.micro_batch={micro}", f"train.grad_accum={accum}",
-               "train.save_every=100")
+               "train.save_every=100", "train.eval_every=5")
     assert r.returncode == 0, r.stdout[-3000:]
     loss = losses(tmp_path)
     assert sorted(loss) == list(range(1, 21))
@@ -50,11 +50,13 @@ def test_two_ranks_overfit_a_small_set_under_each_zero_stage(tmp_path, overfit_d
     assert (tmp_path / "final" / "adapter" / "adapter_model.safetensors").exists()
     assert (tmp_path / "final" / "recipe.yaml").exists()
     evals = {e["step"]: e for e in eval_rows(tmp_path)}
-    assert sorted(evals) == [0, 20] and all(evals[s]["windows"] == 8 for s in evals)
+    assert sorted(evals) == [0, 5, 10, 15, 20] and all(evals[s]["windows"] == 8 for s in evals)
     assert all(math.isfinite(evals[s][k]) for s in evals for k in ("kl_memory", "kl_no_memory", "recovered"))
-    # No memory is no memory at any step: the baseline does not move; the memory figures do.
-    assert evals[0]["kl_no_memory"] == pytest.approx(evals[20]["kl_no_memory"], rel=1e-4)
-    assert evals[0]["kl_memory"] != pytest.approx(evals[20]["kl_memory"], rel=1e-3)
+    # No memory is no memory at any step: the baseline does not move; the memory figures do. On these held-out
+    # windows (not the overfit set) kl_memory wanders rather than falls, and may come back near its start at
+    # any one step, so it is asked to move at some step, not at the last.
+    assert all(evals[0]["kl_no_memory"] == pytest.approx(evals[s]["kl_no_memory"], rel=1e-4) for s in evals)
+    assert max(abs(evals[s]["kl_memory"] - evals[0]["kl_memory"]) for s in evals) > 1e-3 * evals[0]["kl_memory"]
 
 
 def test_signal_checkpoints_then_resume_equals_uninterrupted(tmp_path, compression_data):

@@ -3,6 +3,7 @@ STS-B test is scored for the chosen run only (test never informs a choice)."""
 import importlib.util
 import json
 import os
+import shutil
 import sys
 
 from conftest import ROOT
@@ -130,6 +131,42 @@ def test_controls_without_stage1_start_stage2_from_the_base_with_their_recipes(t
     # their stages 1-2 before seed 0's stage 3 exists.
     assert not os.path.exists(results.path("none", 0, "stage3"))
     assert repro.stage3_lrs(results, "none", 1, ("1e-3", "3e-4"), until="stage2") == ()
+
+
+def test_a_recorded_stage_trained_again_is_recorded_again_and_nothing_stale_is_reused(tmp_path, monkeypatch):
+    """A chain resumed where its runs are gone (another machine) trains its recorded stages again. The later
+    stages build on the new weights, so each such stage is recorded again, with the earlier figures kept under
+    `replaces`, and an export or scores left from the earlier weights are not reused. A run that is still there
+    is not trained again and keeps its record as it was."""
+    dev = {"now": 10.0}
+    monkeypatch.setattr(repro, "score", lambda run, model, paths, name, test, pooling=None:
+                        {"dev": dev["now"], "erank": 1.0, **({"test": 2.0} if test else {})})
+    paths = {"sentences": "s", "compression": "c", "pairs": "p"}
+    results = repro.Results(str(tmp_path / "r"), "cpu")
+    chain = lambda run: repro.chain(run, results, "mntp", 0, repro.PROFILES["cpu"], paths, "CPU", False, ())
+    chain(FakeRunner(tmp_path / "out"))
+    first = {st: json.loads(open(results.path("mntp", 0, st)).read()) for st in ("stage1", "stage2")}
+    assert first["stage1"]["dev"] == first["stage2"]["dev"] == 10.0 and "replaces" not in first["stage1"]
+
+    dev["now"] = 20.0  # the runs are still there: nothing is trained, nothing is recorded again
+    run = FakeRunner(tmp_path / "out")
+    chain(run)
+    assert [c[0] for c in run.commands if c[0] != "export"] == []
+    assert all(json.loads(open(results.path("mntp", 0, st)).read()) == first[st] for st in first)
+
+    # Another machine: the runs are gone, and an export and a score file of the earlier weights are left.
+    shutil.rmtree(tmp_path / "out" / "runs")
+    os.makedirs(tmp_path / "out" / "export" / "mntp-pretrain")
+    open(tmp_path / "out" / "export" / "mntp-pretrain" / "modules.json", "w").write("[]")
+    os.makedirs(tmp_path / "out" / "eval", exist_ok=True)
+    open(tmp_path / "out" / "eval" / "mntp-pretrain.dev.json", "w").write("{}")
+    run = FakeRunner(tmp_path / "out")
+    chain(run)
+    assert [c[0] for c in run.commands] == ["pretrain", "export", "contrast", "export"]
+    assert not os.path.exists(tmp_path / "out" / "eval" / "mntp-pretrain.dev.json")
+    for st in ("stage1", "stage2"):
+        rec = json.loads(open(results.path("mntp", 0, st)).read())
+        assert rec["dev"] == 20.0 and rec["replaces"]["dev"] == 10.0 and rec["replaces"]["commit"] == first[st]["commit"]
 
 
 def test_each_variant_trains_every_stage_on_its_pipelines_recipes(tmp_path, monkeypatch):
