@@ -226,17 +226,31 @@ def prepare(run: Runner, data: str, out: str, prof: Profile, model: str) -> dict
     return paths
 
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU instructions that run bf16 natively
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The CPU's model name and its instruction-set flags (empty where the file is not there)."""
+    model, flags = "", set()
+    try:
+        for line in open(path):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
 def mteb_dtype(prof: Profile) -> str:
     """The profile's, except bf16 on a CPU without bf16 instructions (emulated there: slower than fp32)."""
     import torch
 
     if prof.mteb_dtype != "bfloat16" or torch.cuda.is_available():
         return prof.mteb_dtype
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        flags = ""
-    return "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
+    return "bfloat16" if cpu_info()[1] & set(BF16_FLAGS) else "float32"
 
 
 def score(run: Runner, model: str, paths: dict, name: str, test: bool, pooling: str | None = None,
@@ -380,12 +394,16 @@ def choose_joint(run: Runner, results: Results, prof: Profile, paths: dict, lrs:
     return lr
 
 
-def device_name() -> str:
+def device_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The GPU, or the CPU's cores, model and bf16 instructions: bf16 training takes other kernels on another CPU,
+    and the same seed then ends at other weights, so a result file says which machine made it."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU ({os.cpu_count()} cores)"
+    model, flags = cpu_info(cpuinfo)
+    bf16 = ("+".join(f for f in BF16_FLAGS if f in flags) or "none") if flags else "unknown"
+    return f"CPU ({', '.join(filter(None, (f'{os.cpu_count()} cores', model, f'bf16 instructions: {bf16}')))})"
 
 
 def commit_id() -> str:

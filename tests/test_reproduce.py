@@ -88,6 +88,24 @@ def test_results_are_one_file_per_stage_and_later_seeds_use_seed0s_choice(tmp_pa
     assert json.loads(stamped.read_text())["commit"] == "earlier"
 
 
+def test_result_files_name_the_cpu_and_its_bf16_instructions(tmp_path, monkeypatch):
+    """The same seed trains to other weights on a CPU with other bf16 kernels, so the device a result file records
+    names the CPU's model and bf16 instructions, and MTEB runs in bf16 only where they are native."""
+    monkeypatch.setattr(repro.os, "cpu_count", lambda: 2)
+    info = tmp_path / "cpuinfo"
+    line = "processor\t: {}\nmodel name\t: Intel(R) Xeon(R) Platinum 8480C\nflags\t\t: fpu sse2 avx512f {}\n\n"
+    info.write_text(line.format(0, "amx_bf16 avx512_bf16") + line.format(1, "amx_bf16 avx512_bf16"))
+    assert repro.device_name(str(info)) == "CPU (2 cores, Intel(R) Xeon(R) Platinum 8480C, bf16 instructions: amx_bf16+avx512_bf16)"
+    info.write_text(line.format(0, "avx2"))
+    assert repro.device_name(str(info)).endswith("Platinum 8480C, bf16 instructions: none)")
+    assert repro.device_name(str(tmp_path / "absent")) == "CPU (2 cores, bf16 instructions: unknown)"
+    prof = repro.PROFILES["cpu2"]
+    assert prof.mteb_dtype == "bfloat16"
+    for flags, dtype in (({"avx2"}, "float32"), ({"avx2", "avx512_bf16"}, "bfloat16")):
+        monkeypatch.setattr(repro, "cpu_info", lambda path="/proc/cpuinfo", f=flags: ("", f))
+        assert repro.mteb_dtype(prof) == dtype
+
+
 class FakeRunner:
     """Records the commands `train` builds and leaves what a finished run leaves (lineage, metrics, recipe)."""
 
