@@ -422,7 +422,8 @@ class Results:
             "train_s", "final_loss", "pooling", "device", "diagnostics", "mteb", "loss_curve", "train_memory",
             "train_input_embeddings", "joint_dev")
     # What a record that is replaced leaves behind in its successor: its headline figures and their provenance.
-    REPLACED = ("dev", "test", "erank", "final_loss", "wall_s", "diagnostics", "commit", "date", "replaces")
+    REPLACED = ("dev", "test", "erank", "mteb", "final_loss", "loss_curve", "wall_s", "diagnostics", "commit", "date",
+                "replaces")
 
     def __init__(self, directory: str, profile: str):
         self.dir, self.profile = directory, profile
@@ -451,9 +452,7 @@ class Results:
         rec.update(stage=stage, stage_label=row.get("stage"), profile=self.profile, commit=commit_id(),
                    date=time.strftime("%Y-%m-%d"))
         if earlier is not None:
-            rec["replaces"] = {k: earlier.get(k) for k in self.REPLACED if earlier.get(k) is not None}
-            if (earlier.get("mteb") or {}).get("average") is not None:
-                rec["replaces"]["mteb_average"] = earlier["mteb"]["average"]
+            rec["replaces"] = {k: earlier[k] for k in self.REPLACED if earlier.get(k) is not None}
         tmp = path + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(rec, fh, indent=2)

@@ -185,6 +185,7 @@ def test_a_recorded_stage_trained_again_is_recorded_again_and_nothing_stale_is_r
     for st in ("stage1", "stage2"):
         rec = json.loads(open(results.path("mntp", 0, st)).read())
         assert rec["dev"] == 20.0 and rec["replaces"]["dev"] == 10.0 and rec["replaces"]["commit"] == first[st]["commit"]
+        assert rec["replaces"]["loss_curve"] == first[st]["loss_curve"] == [[60, 0.1]]
 
 
 def test_each_variant_trains_every_stage_on_its_pipelines_recipes(tmp_path, monkeypatch):
