@@ -99,9 +99,13 @@ def test_local_folders_score_as_the_cached_copy_and_record_their_source(tasks_da
     assert src["subsets"]["default"]["splits"]["train"]["rows"] == 300 and len(src["subsets"]["default"]["splits"]["test"]["sha256"]) == 64
     assert cached["results"]["STSBenchmark"]["data"] == {"source": "hub", "dataset": STSB[0], "revision": STSB[1],
                                                          "subsets": ["default"]}
-    assert local["aggregate"] == {"benchmark": None, "tasks_planned": 2, "tasks_run": 2,
-                                  "average": pytest.approx((local["results"]["Banking77Classification"]["main_score"]
-                                                            + local["results"]["STSBenchmark"]["main_score"]) / 2)}
+    both = (local["results"]["Banking77Classification"]["main_score"] + local["results"]["STSBenchmark"]["main_score"]) / 2
+    lists = local["aggregate"].pop("lists")
+    assert local["aggregate"] == {"benchmark": None, "tasks_planned": 2, "tasks_run": 2, "average": pytest.approx(both)}
+    # both tasks are in every llm2comp list: each list's average over the tasks of it that ran
+    assert {n: (g["tasks"], g["tasks_run"]) for n, g in lists.items()} == {
+        "llm2comp-paper": (14, 2), "llm2comp-offline": (8, 2), "llm2comp-offline6": (6, 2)}
+    assert all(g["average"] == pytest.approx(both) for g in lists.values())
     assert "average" in r.stdout and "over 2 of the 2 tasks requested" in r.stdout
 
 
@@ -117,9 +121,12 @@ def test_paper_benchmark_offline_runs_what_it_has_and_says_what_it_covers(tasks_
     sts17 = s["results"]["STS17"]
     assert list(sts17["data"]["subsets"]) == ["en-en"] and list(sts17["splits"]["test"]) == ["en-en"]
     mean = sum(v["main_score"] for v in s["results"].values()) / 3
+    lists = s["aggregate"].pop("lists")
     assert s["aggregate"] == {"benchmark": "llm2comp-paper", "tasks_planned": 14, "tasks_run": 3,
                               "average": pytest.approx(mean)}
     assert f"average {mean:.2f} over 3 of the 14 tasks of llm2comp-paper" in r.stdout
+    # STS17 and STSBenchmark are offline6's too, Banking77 as well: all three; STS17's en-en counts as the task
+    assert lists["llm2comp-offline6"]["tasks_run"] == 3 and "llm2comp-offline6: 3 of its 6 tasks ran" in r.stdout
     assert s["pooling"] == "last" and "instructions" not in s  # a plain LM gets no instruction
 
 
@@ -135,8 +142,12 @@ def test_benchmark_lists_resolve_in_mtebs_registry():
     offline = {t.metadata.name: t for t in benchmark_tasks("llm2comp-offline")}
     folders = {n + ("" if offline[n].hf_subsets == ["default"] else "-" + "-".join(offline[n].hf_subsets)) for n in offline}
     assert folders == {"Banking77Classification", "EmotionClassification", "AmazonCounterfactualClassification-en",
-                       "STS17-en-en", "SICK-R", "STSBenchmark"}  # the shared data's folder names
-    assert len(set(offline) & set(BENCHMARKS["llm2comp-paper"])) == 5
+                       "STS17-en-en", "SICK-R", "STSBenchmark", "SciFact", "NFCorpus"}  # the shared data's folder names
+    assert len(set(offline) & set(BENCHMARKS["llm2comp-paper"])) == 7
+    assert Counter(t.metadata.type for t in offline.values())["Retrieval"] == 2
+    # the six-task set every earlier result was scored on keeps a name of its own
+    six = {t.metadata.name for t in benchmark_tasks("llm2comp-offline6")}
+    assert six == set(offline) - {"SciFact", "NFCorpus"} and all(offline[n].metadata.type != "Retrieval" for n in six)
 
 
 def test_each_distinct_text_is_encoded_once_per_task_longest_first_with_the_scores_unchanged(tasks_data):
@@ -205,7 +216,7 @@ def test_bad_local_folders_fail_in_one_line(tmp_path, tasks_data, plain_lm):
     assert_one_line_error(results[0], ["--data-dir", "nowhere: no such folder"])
     assert_one_line_error(results[1], ["Banking77Classification: no train.jsonl", "reads the splits test, train"])
     assert_one_line_error(results[2], ["STSBenchmark: no column score", "reads score, sentence1, sentence2"])
-    assert_one_line_error(results[3], ["SciFact: a local folder cannot stand in"])
+    assert_one_line_error(results[3], ["SciFact/corpus.jsonl: no such file"])  # a retrieval folder is BEIR's layout
     assert_one_line_error(results[4], ["STSBenchmark: cannot be read as json"])
     assert_one_line_error(results[5], ["neither an llm2comp export"])
     r = failing_cli_cases(tmp_path, [cases[0][:-2]], env=dict(env, LLM2COMP_MTEB_DATA=str(tmp_path / "gone")))

@@ -90,12 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR",
                    help="llm2comp export, sentence-transformers folder, or causal LM with --pooling")
     p.add_argument("--tasks", metavar="NAME,...", help="e.g. STSBenchmark,SICK-R,SciFact")
-    p.add_argument("--benchmark", metavar="NAME", help="llm2comp-paper (the paper's 14 tasks), llm2comp-offline (six "
-                   "tasks with local copies), or one of mteb's, e.g. 'MTEB(eng, v2)'")
-    p.add_argument("--data-dir", metavar="DIR", help="task data in local folders, DIR/<Task>[-<subset>]/<split>.jsonl "
-                   "(default: $LLM2COMP_MTEB_DATA); other tasks load from the datasets cache or the Hub")
+    p.add_argument("--benchmark", metavar="NAME", help="llm2comp-paper (the paper's 14 tasks), llm2comp-offline (the "
+                   "eight tasks with local copies), llm2comp-offline6 (those six without retrieval), or one of mteb's, "
+                   "e.g. 'MTEB(eng, v2)'")
+    p.add_argument("--data-dir", metavar="DIR", help="task data in local folders, DIR/<Task>[-<subset>]/<split>.jsonl, "
+                   "or for retrieval DIR/<Task>/{corpus.jsonl,queries.jsonl,qrels/<split>.tsv} (default: "
+                   "$LLM2COMP_MTEB_DATA); other tasks load from the datasets cache or the Hub")
     p.add_argument("--output", metavar="DIR", help="per-task results and summary.json (required unless --download-only)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=512, metavar="N", help="tokens of a text the model reads, "
+                   "instruction included; longer texts are cut (default: %(default)s; a sentence-transformers model "
+                   "keeps its own max_seq_length where that is shorter)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="the model's weights (auto: bf16 on a GPU, fp32 on a CPU); not for sentence-transformers")
     p.add_argument("--pooling", choices=["mean", "last", "memory"], help="for a plain causal LM")

@@ -130,6 +130,7 @@ class Encoder:
         self.prefix_ids = torch.tensor(config["prefix_ids"], dtype=torch.long)
         self.pad_id = int(config["pad_id"])
         self.prompts = dict(prompts or {})
+        self._max_seq_length: Optional[int] = None
 
     @classmethod
     def from_pretrained(cls, path: str, device: Optional[str] = None, dtype=None,
@@ -156,7 +157,15 @@ class Encoder:
 
     @property
     def max_seq_length(self) -> int:
-        return int(self.config.get("max_length", 512))
+        """Tokens of a text (instruction included) the encoder reads: the export's ``max_length`` unless set, as
+        on a sentence-transformers model (``enc.max_seq_length = 512``; ``eval mteb --max-length``)."""
+        return int(self._max_seq_length or self.config.get("max_length", 512))
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"max_seq_length {value}: must be at least 1")
+        self._max_seq_length = int(value)
 
     def format(self, text: str, instruction: Optional[str]) -> str:
         if not instruction:

@@ -50,8 +50,11 @@ class PooledLM:
     """Baselines on an untrained causal LM: mean or last-token pooling (causal, as the LM was trained), or
     the LLM2Comp encoding with K fresh memory tokens (bidirectional) before any training."""
 
-    def __init__(self, path: str, pooling: str, k: int = 8, first_token: Optional[str] = None, dtype=None):
-        """``dtype``: auto (bf16 on a GPU, fp32 on a CPU), float32 or bfloat16."""
+    def __init__(self, path: str, pooling: str, k: int = 8, first_token: Optional[str] = None, dtype=None,
+                 max_length: int = 512):
+        """``dtype``: auto (bf16 on a GPU, fp32 on a CPU), float32 or bfloat16; ``max_length``: tokens of a text
+        read (longer texts are cut)."""
+        self.max_length = max_length
         from data_prep.tokenizer import load_tokenizer, tokenizer_identity
         from transformers import AutoModelForCausalLM
 
@@ -90,7 +93,7 @@ class PooledLM:
         from ...data.padding import pad_right
 
         def encode(texts: list[str]) -> np.ndarray:
-            ids = [x[:512] or [self.pad] for x in self.tok(texts, add_special_tokens=False)["input_ids"]]
+            ids = [x[: self.max_length] or [self.pad] for x in self.tok(texts, add_special_tokens=False)["input_ids"]]
             order = np.argsort([-len(x) for x in ids], kind="stable")
             out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
             for s in tqdm(range(0, len(order), batch_size), disable=not progress, unit="batch"):

@@ -41,8 +41,9 @@ def select_tasks(tasks: Optional[str], benchmark: Optional[str]) -> list:
         raise UserError(f"eval mteb: {str(e).strip(chr(39)).splitlines()[0][:200]}") from None
 
 
-def load_local_tasks(tasks: list, data_dir: Optional[str], say) -> tuple[dict, dict]:
-    """Fill every task that has a folder in ``data_dir``; (task name -> source record, task name -> seconds)."""
+def load_local_tasks(tasks: list, data_dir: Optional[str], say, bad: dict) -> tuple[dict, dict]:
+    """Fill every task that has a folder in ``data_dir``; (task name -> source record, task name -> seconds).
+    A malformed folder is said in one line and recorded in ``bad`` (task name -> what is wrong)."""
     from .mteb_local import load_local, local_folders
 
     sources, seconds = {}, {}
@@ -54,7 +55,12 @@ def load_local_tasks(tasks: list, data_dir: Optional[str], say) -> tuple[dict, d
             continue
         wanted = list(task.hf_subsets)
         start = time.perf_counter()
-        sources[task.metadata.name] = load_local(task, folders)
+        try:
+            sources[task.metadata.name] = load_local(task, folders)
+        except UserError as e:  # the other tasks still run; run() fails at the end, naming it
+            bad[task.metadata.name] = str(e)
+            say(f"{task.metadata.name}: not evaluated, its local folder is malformed: {e}")
+            continue
         seconds[task.metadata.name] = time.perf_counter() - start
         absent = [s for s in wanted if s not in folders]
         if absent:
@@ -103,16 +109,20 @@ def model_for(args, world):
 
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         encoder = Encoder.from_pretrained(path, device=device, dtype=args.dtype)
+        encoder.max_seq_length = args.max_length  # the evaluation's length, not the training shards' (export)
         name = os.path.basename(os.path.normpath(path))
         model = make_model(encoder, f"llm2comp/{name}", load_instructions(args.instructions), args.batch_size, world)
-        return model, "llm2comp"
+        return model, "llm2comp", encoder.max_seq_length
     if os.path.exists(os.path.join(path, "modules.json")):
         from mteb.models import SentenceTransformerEncoderWrapper
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformerEncoderWrapper(SentenceTransformer(path)), "sentence-transformers"
+        st = SentenceTransformer(path)
+        # its own max_seq_length is part of the model (all-MiniLM-L6-v2: 256, as its published scores used)
+        st.max_seq_length = min(st.max_seq_length or args.max_length, args.max_length)
+        return SentenceTransformerEncoderWrapper(st), "sentence-transformers", st.max_seq_length
     if os.path.exists(os.path.join(path, "config.json")):
-        return plain_model(path, args), f"causal LM, {args.pooling} pooling"
+        return plain_model(path, args), f"causal LM, {args.pooling} pooling", args.max_length
     raise UserError(f"--model {path}: neither an llm2comp export, a sentence-transformers folder nor a HF model")
 
 
@@ -124,7 +134,7 @@ def plain_model(path: str, args):
         raise UserError(f"--model {path} is a plain causal LM: choose --pooling {'|'.join(POOLINGS)}")
     if args.instructions:
         raise UserError(f"--instructions: {path} is not an llm2comp export, which alone knows its instruction template")
-    lm = PooledLM(path, args.pooling, first_token=args.first_token, dtype=args.dtype)
+    lm = PooledLM(path, args.pooling, first_token=args.first_token, dtype=args.dtype, max_length=args.max_length)
     encoders: dict = {}
 
     def encode(texts, instruction, batch_size):
@@ -169,10 +179,17 @@ def run(args) -> int:
         init_distributed(world)
     if not args.download_only and not args.output:
         raise UserError("eval mteb: --output DIR is required (unless --download-only)")
+    if args.max_length < 1 or args.batch_size < 1:
+        flag = "--max-length" if args.max_length < 1 else "--batch-size"
+        raise UserError(f"eval mteb: {flag} must be at least 1")
     data_dir = resolve_data_dir(args.data_dir)
     tasks = select_tasks(args.tasks, args.benchmark)
     planned = len(tasks)
-    sources, load_s = load_local_tasks(tasks, data_dir, say)
+    bad: dict[str, str] = {}
+    sources, load_s = load_local_tasks(tasks, data_dir, say, bad)
+    tasks = [t for t in tasks if t.metadata.name not in bad]
+    if bad and not tasks:
+        raise UserError(next(iter(bad.values())))
     tasks = load_or_skip(tasks, say, sources)
     if args.download_only:
         where = "cached" if not load_s else "cached or in --data-dir"
@@ -188,7 +205,7 @@ def run(args) -> int:
     from .mteb_dedup import make_dedup
     from .mteb_summary import aggregate, render, task_entry
 
-    inner, kind = model_for(args, world)
+    inner, kind, max_length = model_for(args, world)
     model = make_dedup(inner)
     start = time.perf_counter()
     with quiet(deliberate_v1=args.benchmark in BENCHMARKS):
@@ -206,8 +223,10 @@ def run(args) -> int:
                                                load_s.get(tr.task_name))
         dtype = args.dtype if kind != "sentence-transformers" else "the model's own"
         summary = {"model": args.model, "kind": kind, "dtype": dtype, "batch_size": args.batch_size,
-                   "data_dir": data_dir, "results": results,
+                   "max_length": max_length, "data_dir": data_dir, "results": results,
                    "aggregate": aggregate(results, args.benchmark, planned), "evaluate_s": round(wall, 1)}
+        if bad:
+            summary["not_evaluated"] = bad
         if args.pooling:
             summary["pooling"] = args.pooling
         if kind == "llm2comp":
@@ -217,4 +236,8 @@ def run(args) -> int:
         say(render(summary))
         say(f"results: {args.output}")
     sys.stdout.flush()
+    if bad:
+        names = ", ".join(bad)
+        raise UserError(f"eval mteb: {names} not evaluated, local folder malformed (the other tasks were scored): "
+                        f"{next(iter(bad.values()))}")
     return 0

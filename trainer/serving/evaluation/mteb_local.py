@@ -5,7 +5,8 @@ A task with a folder in DIR named after it (``Banking77Classification``), or aft
 (``test.jsonl``, ``train.jsonl``; JSON lines, JSON, Parquet or CSV), the columns the task reads. The data goes
 into the task's own ``dataset`` (per subset for a multilingual task, which then runs on the subsets found), the
 task's ``dataset_transform`` runs as after a Hub load, and mteb's task class scores it with its own splits,
-metric and protocol. Only the splits the task uses are read (its evaluation splits, and for classification
+metric and protocol. A retrieval task's folder is in the BEIR layout instead (``corpus.jsonl``, ``queries.jsonl``,
+``qrels/<split>.tsv``; ``mteb_local_retrieval.py``). Only the splits the task uses are read (its evaluation splits, and for classification
 its training split). ``source`` describes where each task's data came from, for ``summary.json``.
 """
 from __future__ import annotations
@@ -111,12 +112,25 @@ def load_local(task, folders: dict[str, str]) -> dict:
     from mteb.abstasks.abstask import AbsTask
 
     name = task.metadata.name
-    if type(task).load_data is not AbsTask.load_data:
+    retrieval = is_plain_retrieval(task)
+    if type(task).load_data is not AbsTask.load_data and not retrieval:
         raise UserError(f"{name}: a local folder cannot stand in for its data ({type(task).__mro__[1].__name__} "
                         "tasks load several Hub configurations); remove its folder from --data-dir")
     data, described = {}, {}
     for subset, folder in folders.items():
-        data[subset], described[subset] = read_folder(folder, task)
+        if retrieval:
+            from .mteb_local_retrieval import read_retrieval_folder
+
+            data[subset], described[subset] = read_retrieval_folder(folder, list(task.eval_splits))
+        else:
+            data[subset], described[subset] = read_folder(folder, task)
+    if retrieval:  # mteb keeps retrieval data per subset, multilingual or not
+        task.dataset = data
+        if task.metadata.is_multilingual:
+            task.hf_subsets = list(folders)
+        task.dataset_transform()
+        task.data_loaded = True
+        return {"source": "local", "subsets": described}
     if task.metadata.is_multilingual:
         task.dataset = data
         task.hf_subsets = list(folders)
@@ -125,6 +139,14 @@ def load_local(task, folders: dict[str, str]) -> dict:
     task.dataset_transform()
     task.data_loaded = True
     return {"source": "local", "subsets": described}
+
+
+def is_plain_retrieval(task) -> bool:
+    """A retrieval task loaded by mteb's own retrieval loader (corpus, queries, qrels; no reranking candidates)."""
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+
+    return (isinstance(task, AbsTaskRetrieval) and type(task).load_data is AbsTaskRetrieval.load_data
+            and task.metadata.type == "Retrieval")
 
 
 def hub_source(task) -> dict:

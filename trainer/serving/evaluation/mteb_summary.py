@@ -38,10 +38,18 @@ def task_entry(task_result, source: dict, stats: Optional[dict], load_s: Optiona
 
 
 def aggregate(results: dict[str, dict], benchmark: Optional[str], planned: int) -> dict:
-    """The average over the tasks that ran, and what it covers."""
+    """The average over the tasks that ran, and what it covers; then, for each of llm2comp's task lists, the
+    tasks of it that ran and their average (``llm2comp-offline6``: the average every result before the
+    retrieval tasks stays comparable with; ``llm2comp-paper``: how much of the paper's 14 this covers)."""
+    from .mteb_benchmarks import BENCHMARKS
+
     ran = [r["main_score"] for r in results.values()]
+    lists = {}
+    for name, names in BENCHMARKS.items():
+        have = [results[t]["main_score"] for t in names if t in results]
+        lists[name] = {"tasks": len(names), "tasks_run": len(have), "average": statistics.mean(have) if have else None}
     return {"benchmark": benchmark, "tasks_planned": planned, "tasks_run": len(ran),
-            "average": statistics.mean(ran) if ran else None}
+            "average": statistics.mean(ran) if ran else None, "lists": lists}
 
 
 def render(summary: dict) -> str:
@@ -56,4 +64,7 @@ def render(summary: dict) -> str:
     what = f"of {agg['benchmark']}" if agg["benchmark"] else "requested"
     if agg["average"] is not None:
         lines.append(f"\naverage {agg['average']:.2f} over {agg['tasks_run']} of the {agg['tasks_planned']} tasks {what}")
+    for name, got in (agg.get("lists") or {}).items():
+        if got["tasks_run"] and name != agg["benchmark"]:
+            lines.append(f"{name}: {got['tasks_run']} of its {got['tasks']} tasks ran, average {got['average']:.2f}")
     return "\n".join(lines)
