@@ -11,12 +11,15 @@ Stage 3's learning rate is chosen per variant on seed 0's STS-B dev from `--scl-
 chosen one. STS-B test is scored once for each final configuration: after stage 2 (the unsupervised table)
 and after the chosen stage 3 of every seed, and for the baselines. Test never chooses anything. Each final
 configuration is also scored on the six MTEB tasks with local copies (`llm2comp eval mteb --benchmark
-llm2comp-offline --data-dir DATA/mteb`: their scores and average go into its result file as `mteb`); a result
+llm2comp-offline6 --data-dir DATA/mteb`: their scores and average go into its result file as `mteb`); a result
 file recorded before that gets them added when its export (or the baseline's model) is there (`--no-mteb`: skip).
+`--retrieval` scores the two retrieval tasks (SciFact, NFCorpus) for the baselines instead, task by task, into
+their files' `mteb_retrieval` block, and stops.
 
     python launch/reproduce_smollm2.py --profile cpu  [--data ../shared/data] [--out runs/repro-cpu]
     python launch/reproduce_smollm2.py --profile full [--nproc 8]            # the recipes' full budgets (GPUs)
     python launch/reproduce_smollm2.py --profile cpu --variants kl --seeds 3  # one more seed of kl
+    python launch/reproduce_smollm2.py --profile cpu2 --retrieval              # SciFact, NFCorpus for the baselines
 
 `--profile cpu` is a reduced protocol for a 2-core machine: the same structure with far fewer samples and
 steps, a subset of STS-B dev, bf16 training. Every command is printed and appended to OUT/commands.sh;
@@ -276,11 +279,12 @@ def score(run: Runner, model: str, paths: dict, name: str, test: bool, pooling: 
     return out
 
 
-MTEB_BENCHMARK = "llm2comp-offline"
+MTEB_BENCHMARK = "llm2comp-offline6"  # the protocol's six tasks (the retrieval two are scored apart: --retrieval)
+RETRIEVAL = ("NFCorpus", "SciFact")  # the smaller corpus first
 
 
 def mteb_subset(run: Runner, model: str, paths: dict, name: str, pooling: str | None = None) -> dict:
-    """The six MTEB tasks with local copies (``eval mteb --benchmark llm2comp-offline``): main score x 100 per
+    """The six MTEB tasks with local copies (``eval mteb --benchmark llm2comp-offline6``): main score x 100 per
     task, their average, and what it cost."""
     res = os.path.join(run.out, "mteb", name)
     if not os.path.exists(f"{res}/summary.json"):
@@ -488,6 +492,42 @@ def missing_mteb(run: Runner, results: Results, paths: dict, model: str) -> None
         results.add_mteb(path, mteb_subset(run, target[0], paths, target[1], target[2]))
 
 
+def retrieval_scores(run: Runner, results: Results, paths: dict, model: str, dev: str) -> None:
+    """SciFact and NFCorpus (``eval mteb --tasks T``, nDCG@10 x 100) for every baseline result file, into its
+    ``mteb_retrieval`` block: one task at a time, each written as it lands, so that a stopped run resumes at the
+    task it was on. The six-task block stays as it was measured (its own commit, date and machine)."""
+    import glob
+
+    if not paths.get("mteb"):
+        return
+    cost = lambda p: (os.path.basename(p).startswith("base-last"), os.path.basename(p).startswith("base-"), p)  # noqa: E731
+    for path in sorted(glob.glob(os.path.join(results.dir, "*-baseline.json")), key=cost):  # cheapest first
+        rec = json.load(open(path))
+        target = final_model(run, rec, model)
+        if target is None:
+            continue
+        for task in RETRIEVAL:
+            if task in ((rec.get("mteb_retrieval") or {}).get("tasks") or {}):
+                continue
+            res = os.path.join(run.out, "mteb-retrieval", target[1], task)
+            if not os.path.exists(f"{res}/summary.json"):
+                run("eval", "mteb", "--model", target[0], "--tasks", task, "--data-dir", paths["mteb"], "--output", res,
+                    "--dtype", paths.get("mteb_dtype", "auto"), "--no-progress",
+                    *(["--pooling", target[2]] if target[2] else []))
+            summary = json.load(open(f"{res}/summary.json"))
+            block = rec.get("mteb_retrieval") or {"tasks": {}, "timing": {}}
+            block["tasks"][task] = summary["results"][task]["main_score"]
+            block["timing"][task] = summary["results"][task]["timing"]
+            block.update(dtype=summary.get("dtype"), max_length=summary.get("max_length"), device=dev,
+                         commit=commit_id(), date=time.strftime("%Y-%m-%d"))
+            rec["mteb_retrieval"] = block
+            with open(path + ".tmp", "w") as fh:
+                json.dump(rec, fh, indent=2)
+                fh.write("\n")
+            os.replace(path + ".tmp", path)
+            print(f"reproduce: {os.path.basename(path)}: {task} {block['tasks'][task]:.2f}")
+
+
 def final_model(run: Runner, rec: dict, base: str) -> tuple[str, str, str | None] | None:
     """(model, name, pooling) of a result file's final configuration, or None when its export is gone."""
     variant, seed = rec["variant"], rec.get("seed") or 0
@@ -609,6 +649,8 @@ def main() -> int:
     p.add_argument("--scl-lrs", nargs="+", default=None, metavar="LR",
                    help="stage-3 learning rates seed 0 tries; STS-B dev chooses (default: the profile's)")
     p.add_argument("--no-mteb", action="store_true", help="no MTEB scores (six tasks of DATA/mteb) for final configurations")
+    p.add_argument("--retrieval", action="store_true", help="also SciFact and NFCorpus (DATA/mteb) for the baselines, "
+                   "then stop (about 80 min per SmolLM2 baseline on 2 cores in fp32)")
     p.add_argument("--until", choices=("stage1", "stage2", "stage3"), default="stage3",
                    help="stop every chain after this stage (e.g. all stage-1 runs first)")
     args = p.parse_args()
@@ -619,6 +661,10 @@ def main() -> int:
     results = Results(os.path.abspath(args.results or os.path.join(ROOT, "docs", "results", args.profile)), args.profile)
     run = Runner(out, args.nproc)
     model = run("models", "pull", "smollm2-135m").strip().splitlines()[-1]
+    if args.retrieval:  # the baselines' retrieval scores need no training data
+        data = os.path.abspath(args.data)
+        retrieval_scores(run, results, {"mteb": f"{data}/mteb", "mteb_dtype": mteb_dtype(prof)}, model, device_name())
+        return 0
     paths = prepare(run, os.path.abspath(args.data), out, prof, model)
     if args.no_mteb:
         paths.pop("mteb", None)

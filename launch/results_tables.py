@@ -34,7 +34,37 @@ LABEL = {"kl": "kl (LLM2Comp)", "mntp": "mntp (LLM2Vec, mean pooling)", "nll": "
 
 MTEB_SHORT = {"Banking77Classification": "Banking77", "EmotionClassification": "Emotion",
               "AmazonCounterfactualClassification": "AmazonCF (en)", "STS17": "STS17 (en-en)", "SICK-R": "SICK-R",
-              "STSBenchmark": "STS-B"}
+              "STSBenchmark": "STS-B", "SciFact": "SciFact (nDCG@10)", "NFCorpus": "NFCorpus (nDCG@10)"}
+
+
+def task_lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the six non-retrieval offline tasks, the two retrieval ones), as ``eval mteb``'s benchmark lists name them."""
+    sys.path.insert(0, ROOT)
+    from trainer.serving.evaluation.mteb_benchmarks import OFFLINE6, RETRIEVAL
+
+    return OFFLINE6, RETRIEVAL
+
+
+def mteb_tasks(r: dict) -> dict[str, float]:
+    """Every MTEB main score a result file holds: its ``mteb`` block's, and the retrieval tasks scored later into
+    ``mteb_retrieval`` (a result recorded before they were part of the protocol)."""
+    return {**((r.get("mteb") or {}).get("tasks") or {}), **((r.get("mteb_retrieval") or {}).get("tasks") or {})}
+
+
+def average6(r: dict):
+    """The six-task average every result is comparable on (a file that has not all six: its recorded average)."""
+    six, _ = task_lists()
+    got = mteb_tasks(r)
+    if all(t in got for t in six):
+        return statistics.mean(got[t] for t in six)
+    return (r.get("mteb") or {}).get("average")
+
+
+def average8(r: dict):
+    """The eight-task average (the six and both retrieval tasks), where a result has all eight; else None."""
+    six, retrieval = task_lists()
+    got = mteb_tasks(r)
+    return statistics.mean(got[t] for t in (*six, *retrieval)) if all(t in got for t in (*six, *retrieval)) else None
 
 
 def load(directory: str) -> list[dict]:
@@ -82,13 +112,14 @@ def stage_table(rows: list[dict], stage: str) -> str:
         label = LABEL[v] + (f", lr {', '.join(sorted(lr))}" if lr else "")
         row = f"| {label} | " + " | ".join(cells) + f" | **{mean_sd(tests)}** | {mean_sd(devs)} | {erank:.1f} |"
         if mteb:
-            row += f" {mean_sd([r['mteb']['average'] for r in runs.values() if r.get('mteb')])} |"
+            row += f" {mean_sd([average6(r) for r in runs.values() if r.get('mteb')])} |"
         lines.append(row)
     return "\n".join(lines)
 
 
 METRICS = {"test": ("STS-B test", lambda r: r.get("test")),
-           "mteb": ("MTEB six-task average", lambda r: (r.get("mteb") or {}).get("average"))}
+           "mteb": ("MTEB six-task average", average6),
+           "mteb8": ("MTEB eight-task average", average8)}
 
 
 def paired_stats(rows: list[dict], stage: str, a: str, b: str, metric: str = "test", seeds_of=None):
@@ -189,12 +220,16 @@ def goals(rows: list[dict], planned: dict[str, int]) -> str:
 def baselines(rows: list[dict]) -> str:
     base = [r for r in rows if r["stage"] == "baseline"]
     mteb = any(r.get("mteb") for r in base)
-    lines = ["| model | STS-B dev | STS-B test | effective rank |" + (" MTEB (6 tasks) average |" if mteb else ""),
-             "|---|---:|---:|---:|" + ("---:|" if mteb else "")]
+    eight = any(average8(r) is not None for r in base)
+    lines = ["| model | STS-B dev | STS-B test | effective rank |" + (" MTEB (6 tasks) average |" if mteb else "")
+             + (" MTEB (8 tasks) average |" if eight else ""),
+             "|---|---:|---:|---:|" + ("---:|" if mteb else "") + ("---:|" if eight else "")]
     for r in base:
         line = f"| {LABEL.get(r['variant'], r['variant'])} | {fmt(r['dev'])} | {fmt(r.get('test'))} | {r['erank']:.1f} |"
         if mteb:
-            line += f" {fmt((r.get('mteb') or {}).get('average'))} |"
+            line += f" {fmt(average6(r))} |"
+        if eight:
+            line += f" {fmt(average8(r))} |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -204,23 +239,30 @@ def mteb_table(rows: list[dict]) -> str:
     have = [r for r in rows if r.get("mteb")]
     if not have:
         return ""
-    tasks = list(dict.fromkeys(t for r in have for t in r["mteb"]["tasks"]))
+    known = [*task_lists()[0], *task_lists()[1]]
+    tasks = sorted(dict.fromkeys(t for r in have for t in mteb_tasks(r)),  # the benchmark's order, retrieval last
+                   key=lambda t: known.index(t) if t in known else len(known))
+    eight = any(average8(r) is not None for r in have)
     groups: dict[tuple, list[dict]] = {}
     stage_order = {"baseline": 0, "stage2": 1, "stage3": 2}
     for r in have:
         groups.setdefault((stage_order.get(r["stage"], 3), r["stage"], r["variant"]), []).append(r)
-    head = "| configuration | " + " | ".join(MTEB_SHORT.get(t, t) for t in tasks) + " | **average** | seeds |"
-    lines = [head, "|---|" + "---:|" * (len(tasks) + 2)]
+    head = ("| configuration | " + " | ".join(MTEB_SHORT.get(t, t) for t in tasks) + " | **average (6 tasks)** |"
+            + (" **average (8 tasks)** |" if eight else "") + " seeds |")
+    lines = [head, "|---|" + "---:|" * (len(tasks) + 2 + eight)]
     for (_, stage, variant), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][2])
                                                                             if kv[0][2] in ORDER else -1, kv[0][2])):
         label = LABEL.get(variant, variant) + ("" if stage == "baseline" else f", after stage {stage[-1]}")
         cells = []
         for t in tasks:
-            vals = [r["mteb"]["tasks"][t] for r in runs if t in r["mteb"]["tasks"]]
+            vals = [mteb_tasks(r)[t] for r in runs if t in mteb_tasks(r)]
             cells.append(f"{statistics.mean(vals):.2f}" if vals else "")
-        avgs = [r["mteb"]["average"] for r in runs]
+        summary = lambda avgs: (mean_sd(avgs) if len(avgs) > 1 else fmt(avgs[0])) if avgs else ""  # noqa: E731
+        averages = f" **{summary([average6(r) for r in runs])}** |"
+        if eight:
+            averages += f" **{summary([a for a in map(average8, runs) if a is not None])}** |"
         seeds = len(runs) if stage != "baseline" else ""
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{mean_sd(avgs) if len(avgs) > 1 else fmt(avgs[0])}** | {seeds} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" |{averages} {seeds} |")
     return "\n".join(lines)
 
 
@@ -278,8 +320,9 @@ def render(rows: list[dict], planned: dict[str, int]) -> str:
                 parts.append(line)
     table = mteb_table(rows)
     if table:
-        parts += ["", "The six MTEB tasks with local copies (`eval mteb --benchmark llm2comp-offline`; main score × 100: "
-                  "accuracy for classification, Spearman for STS), for every final configuration that has them:", "",
+        parts += ["", "The MTEB tasks with local copies (`eval mteb --benchmark llm2comp-offline6`, and the retrieval "
+                  "tasks of `llm2comp-offline` where a result has them; main score × 100: accuracy for classification, "
+                  "Spearman for STS, nDCG@10 for retrieval), for every final configuration that has them:", "",
                   table]
     verdicts = goals(rows, planned)
     if verdicts:
@@ -324,7 +367,7 @@ def stage1_table(rows: list[dict]) -> str:
             acc = fmt(100 * end["mntp_accuracy"]) if "mntp_accuracy" in end else ""
             ok = "" if v != "kl" else "yes" if counts(r) else f"**no** (recovered < {recovered_bar()})"
             lines.append(f"| {LABEL[v]} | {seed} | {kl} | {rec} | {acc} | {fmt(r['dev'])} | "
-                         f"{fmt((r.get('mteb') or {}).get('average'))} | {ok} |")
+                         f"{fmt(average6(r))} | {ok} |")
     return "\n".join(lines)
 
 
@@ -458,8 +501,9 @@ def render_v2(rows: list[dict], planned: dict[str, int]) -> str:
                     parts.append(line)
     table = mteb_table(rows)
     if table:
-        parts += ["", "The six MTEB tasks with local copies (`eval mteb --benchmark llm2comp-offline`; main score × 100), "
-                  "every configuration that has them, mean over its seeds:", "", table]
+        parts += ["", "The MTEB tasks with local copies (`eval mteb --benchmark llm2comp-offline6`, and the retrieval "
+                  "tasks of `llm2comp-offline` where a result has them; main score × 100), every configuration that "
+                  "has them, mean over its seeds:", "", table]
     verdicts = goals_v2(rows, planned)
     if verdicts:
         parts += ["", "Where issue 27's goals stand, computed from these files (\"so far\": fewer counted seeds than "

@@ -290,10 +290,10 @@ def test_final_configurations_carry_the_six_mteb_tasks(tmp_path, capsys):
     paths = {"sts_dev": "d", "sts_test": "t", "analyze": "a.txt", "mteb": "/data/mteb", "mteb_dtype": "bfloat16"}
     row = repro.score(run, "export/kl-ucl", paths, "kl-ucl", test=True)
     mteb_cmds = [c for c in run.commands if c[:2] == ("eval", "mteb")]
-    assert len(mteb_cmds) == 1 and mteb_cmds[0][2:8] == ("--model", "export/kl-ucl", "--benchmark", "llm2comp-offline",
+    assert len(mteb_cmds) == 1 and mteb_cmds[0][2:8] == ("--model", "export/kl-ucl", "--benchmark", "llm2comp-offline6",
                                                        "--data-dir", "/data/mteb")
     assert "--dtype" in mteb_cmds[0] and mteb_cmds[0][mteb_cmds[0].index("--dtype") + 1] == "bfloat16"
-    assert row["mteb"] == {"benchmark": "llm2comp-offline", "tasks": {"Banking77Classification": 60.0, "STS17": 70.0,
+    assert row["mteb"] == {"benchmark": "llm2comp-offline6", "tasks": {"Banking77Classification": 60.0, "STS17": 70.0,
                                                                       "SICK-R": 50.0},
                            "average": 60.0, "tasks_run": 3, "tasks_planned": 6, "dtype": "bfloat16", "eval_s": 12.0}
     run.commands.clear()
@@ -327,7 +327,7 @@ def test_final_configurations_carry_the_six_mteb_tasks(tmp_path, capsys):
     text = tables.render(tables.load(str(tmp_path / "r")), {"kl": 3, "none": 3})
     assert "| model | STS-B dev | STS-B test | effective rank | MTEB (6 tasks) average |" in text
     assert "| SmolLM2-135M, mean pooling | 53.00 | 37.00 | 250.0 | 60.00 |" in text
-    assert "| configuration | Banking77 | STS17 (en-en) | SICK-R | **average** | seeds |" in text
+    assert "| configuration | Banking77 | STS17 (en-en) | SICK-R | **average (6 tasks)** | seeds |" in text
     assert "| none (no stage 1), after stage 2 | 60.00 | 70.00 | 50.00 | **60.00** | 1 |" in text
     assert "| none (no stage 1) |  | 58.00 | **58.00 (1 seed)** | 60.00 (1 seed) | 9.0 | 60.00 (1 seed) |" in text
     assert "| kl (LLM2Comp) | 58.00 |  | **58.00 (1 seed)** | 60.00 (1 seed) | 9.0 |  |" in text  # none yet
@@ -494,3 +494,45 @@ def test_issue27_a_goal_on_every_seed_that_a_seed_missed_is_missed_for_good(tmp_
         text = tables.render_v2(tables.load(str(tmp_path / f"{mntp_gain}")), plan)
         goal1 = next(line for line in text.splitlines() if line.startswith("1. After stage 2"))
         assert verdict in goal1, (mntp_gain, goal1)
+
+
+class RetrievalRunner(FakeRunner):
+    """`eval mteb --tasks T` leaves a summary with T's score (SciFact 60, NFCorpus 30) and its max length."""
+
+    def __call__(self, *args, train=False):
+        if args[:2] == ("eval", "mteb"):
+            out, task = args[args.index("--output") + 1], args[args.index("--tasks") + 1]
+            os.makedirs(out, exist_ok=True)
+            json.dump({"dtype": "float32", "max_length": 512, "results": {task: {
+                "main_score": {"SciFact": 60.0, "NFCorpus": 30.0}[task], "timing": {"encode_s": 5.0}}}},
+                open(f"{out}/summary.json", "w"))
+        return super().__call__(*args, train=train)
+
+
+def test_baselines_get_the_retrieval_tasks_task_by_task_and_the_tables_both_averages(tmp_path):
+    """`--retrieval`: each baseline's file gains SciFact and NFCorpus beside its six tasks, one task at a time (a
+    rerun scores nothing twice); the tables then show both tasks and the eight-task average beside the six-task one."""
+    results = repro.Results(str(tmp_path / "r"), "cpu2")
+    six = {t: 50.0 for t in ("Banking77Classification", "EmotionClassification", "AmazonCounterfactualClassification",
+                             "STS17", "SICK-R", "STSBenchmark")}
+    results.write({"variant": "base-mean", "device": "CPU", "dev": 53.0, "test": 37.0, "erank": 250.0,
+                   "mteb": {"benchmark": "llm2comp-offline", "tasks": six, "average": 50.0}}, "baseline")
+    run = RetrievalRunner(tmp_path / "out")
+    repro.retrieval_scores(run, results, {"mteb": "/data/mteb", "mteb_dtype": "float32"}, "/models/smollm2", "CPU X")
+    cmds = [c for c in run.commands if c[:2] == ("eval", "mteb")]
+    assert [c[c.index("--tasks") + 1] for c in cmds] == ["NFCorpus", "SciFact"]
+    assert all(c[c.index("--pooling") + 1] == "mean" for c in cmds)
+    rec = json.load(open(tmp_path / "r" / "base-mean-s0-baseline.json"))
+    assert rec["mteb"]["tasks"] == six and rec["mteb_retrieval"]["tasks"] == {"NFCorpus": 30.0, "SciFact": 60.0}
+    assert rec["mteb_retrieval"]["max_length"] == 512 and rec["mteb_retrieval"]["device"] == "CPU X"
+    run.commands.clear()
+    repro.retrieval_scores(run, results, {"mteb": "/data/mteb"}, "/models/smollm2", "CPU X")
+    assert not run.commands  # both recorded: nothing scored again
+
+    tables = results_tables()
+    rows = tables.load(str(tmp_path / "r"))
+    assert tables.average6(rows[0]) == 50.0 and tables.average8(rows[0]) == (6 * 50 + 60 + 30) / 8
+    text = tables.mteb_table(rows)
+    assert "| SciFact (nDCG@10) | NFCorpus (nDCG@10) | **average (6 tasks)** | **average (8 tasks)** |" in text
+    assert "| 60.00 | 30.00 | **50.00** | **48.75** |" in text
+    assert "MTEB (8 tasks) average |" in tables.baselines(rows)
