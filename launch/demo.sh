@@ -3,8 +3,10 @@
 # prep -> stage 1 (kl) -> stage 2 (ucl) -> stage 3 (scl), each exported and scored on STS-B, against the
 # base model with mean pooling. The commands are the full-scale ones; only the recipes' sizes differ.
 # --full (or DEMO_FULL=1; `make demo FULL=1`) also scores the base model and the final encoder on six MTEB tasks
-# (`llm2comp eval mteb --benchmark llm2comp-offline`, DATA/mteb), encoded in bf16 where the CPU has it: about
+# (`llm2comp eval mteb --benchmark llm2comp-offline6`, DATA/mteb), encoded in bf16 where the CPU has it: about
 # 12 minutes more on 2 CPU cores (4 for the base model, 8 for the encoder: instructions and memory tokens).
+# It leaves out the two retrieval tasks of llm2comp-offline (SciFact, NFCorpus): their ~2.9 M document tokens
+# take SmolLM2-135M over an hour per model on 2 cores (docs/EVAL.md), several times the whole demo.
 set -euo pipefail
 FULL=${DEMO_FULL:-0}
 positional=()
@@ -74,11 +76,12 @@ if [ "$FULL" = 1 ]; then
   # Six MTEB tasks through the mteb package: from DATA/mteb when present, else the datasets cache or the Hub.
   mteb_data=(); [ -d "$DATA/mteb" ] && mteb_data=(--data-dir "$DATA/mteb")
   mteb_dtype=$([ "$precision" = bf16 ] && echo bfloat16 || echo float32)
-  echo "== MTEB, six tasks (base model, final encoder; encoding in $precision)"
+  echo "== MTEB, six tasks (base model, final encoder; encoding in $precision). Not the two retrieval tasks:"
+  echo "   over an hour per model on 2 cores; llm2comp eval mteb --benchmark llm2comp-offline scores all eight"
   rm -rf "$OUT/mteb"
   mteb() {  # mteb MODEL NAME [eval args]
     local dir=$1 name=$2; shift 2
-    $LLM2COMP eval mteb --model "$dir" --benchmark llm2comp-offline ${mteb_data[@]+"${mteb_data[@]}"} \
+    $LLM2COMP eval mteb --model "$dir" --benchmark llm2comp-offline6 ${mteb_data[@]+"${mteb_data[@]}"} \
       --output "$OUT/mteb/$name" --dtype "$mteb_dtype" --no-progress "$@" | grep "not evaluated" || true
   }
   mteb "$MODEL" "0-base-mean" --pooling mean
@@ -103,7 +106,7 @@ which = open(f"{out}/samples/sts_selection.txt").read().strip()  # written by la
 mteb = {name: json.load(open(f"{out}/mteb/{name}/summary.json")) for _, name in rows
         if os.path.exists(f"{out}/mteb/{name}/summary.json")}
 print(f"\nSTS Benchmark test, {which}: Spearman x100 of cosine similarity"
-      + ("; MTEB: the average main score x100 over six tasks (llm2comp-offline)" if mteb else "") + "\n")
+      + ("; MTEB: the average main score x100 over six tasks (llm2comp-offline6)" if mteb else "") + "\n")
 print("| model | STS-B |" + (" MTEB (6 tasks) |" if mteb else "") + "\n|---|---:|" + ("---:|" if mteb else ""))
 for label, name in rows:
     cell = ""

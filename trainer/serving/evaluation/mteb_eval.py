@@ -4,8 +4,10 @@ Task data: a task with a folder in ``--data-dir`` (or ``$LLM2COMP_MTEB_DATA``) i
 (``mteb_local.py``); every other task loads as mteb loads it, from the Hugging Face datasets cache or the Hub.
 Offline (``HF_HUB_OFFLINE=1``, or a machine without network) a task with neither a folder nor a cached copy
 is named in one line and the rest are scored; ``--download-only`` fills the cache on a machine with network,
-for clusters whose compute nodes have none. ``--benchmark`` takes mteb's benchmarks and llm2comp's own lists
-(``mteb_benchmarks.py``: ``llm2comp-paper``, ``llm2comp-offline``). Every text is encoded once per task,
+for clusters whose compute nodes have none. A malformed local folder is named in one line, the other tasks are
+scored, and the command then fails naming it. ``--benchmark`` takes mteb's benchmarks and llm2comp's own lists
+(``mteb_benchmarks.py``: ``llm2comp-paper``, ``llm2comp-offline``, ``llm2comp-offline6``). ``--max-length``
+(512) is the tokens of a text the model reads, recorded in ``summary.json``. Every text is encoded once per task,
 longest first (``mteb_dedup.py``). Under torchrun / srun the ranks share the encoding and rank 0 writes the
 results. ``--model`` is an llm2comp export (instructions with its template, see mteb_model.py), a
 sentence-transformers folder, or a plain causal LM with ``--pooling`` (a baseline, no instructions).
@@ -145,14 +147,20 @@ def plain_model(path: str, args):
 
 
 @contextlib.contextmanager
-def quiet(deliberate_v1: bool):
+def quiet(deliberate_v1: bool, bars: bool = True):
     """mteb's classification protocol fits its logistic regression with max_iter=100, and sklearn warns at every
     fit that stops there (ten per task): part of the protocol, not news. Tasks a benchmark list picked in their
-    v1 version on purpose need no notice that a .v2 exists."""
+    v1 version on purpose need no notice that a .v2 exists. ``bars``: else no progress bar of datasets' either
+    (mteb maps a retrieval corpus with one)."""
     import logging
     import warnings
 
+    import datasets
     from sklearn.exceptions import ConvergenceWarning
+
+    shown = datasets.is_progress_bar_enabled()
+    if not bars:
+        datasets.disable_progress_bars()
 
     superseded = logging.getLogger("mteb.abstasks.abstask")
     drop = lambda record: "is superseded by" not in record.getMessage()  # noqa: E731
@@ -165,6 +173,8 @@ def quiet(deliberate_v1: bool):
             yield
         finally:
             superseded.removeFilter(drop)
+            if shown and not bars:
+                datasets.enable_progress_bars()
 
 
 def run(args) -> int:
@@ -208,9 +218,10 @@ def run(args) -> int:
     inner, kind, max_length = model_for(args, world)
     model = make_dedup(inner)
     start = time.perf_counter()
-    with quiet(deliberate_v1=args.benchmark in BENCHMARKS):
-        result = mteb.evaluate(model, tasks, cache=None, encode_kwargs={"batch_size": args.batch_size},
-                               show_progress_bar=world.main and args.progress)
+    bars = world.main and args.progress
+    with quiet(deliberate_v1=args.benchmark in BENCHMARKS, bars=bars):
+        result = mteb.evaluate(model, tasks, cache=None, show_progress_bar=bars,
+                               encode_kwargs={"batch_size": args.batch_size, "show_progress_bar": bars})
     wall = time.perf_counter() - start
     if world.main:
         from pathlib import Path
