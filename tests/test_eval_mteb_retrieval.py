@@ -156,7 +156,7 @@ def test_a_malformed_folder_leaves_the_other_tasks_scored_and_the_run_failing(tm
     s = summary(out)
     assert sorted(s["results"]) == ["STSBenchmark", "SciFact"] and list(s["not_evaluated"]) == ["NFCorpus"]
     assert s["results"]["SciFact"]["main_metric"] == "ndcg_at_10" and s["results"]["SciFact"]["data"]["source"] == "local"
-    assert s["max_length"] == 3
+    assert s["max_length"] == 3 and s["dtype"] == "float32"  # what auto became on a CPU
     assert s["aggregate"]["lists"]["llm2comp-offline"]["tasks_run"] == 2
     assert json.loads((out / "SciFact.json").read_text())["task_name"] == "SciFact"
 

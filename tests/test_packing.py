@@ -180,5 +180,8 @@ def test_training_with_packing_matches_padded_step_by_step_and_resumes_exactly(t
     padded, packed, part = losses(tmp_path / "padded"), losses(tmp_path / "packed"), losses(tmp_path / "part")
     assert sorted(padded) == sorted(packed) == sorted(part) == [1, 2, 3, 4]
     for s in padded:
-        assert abs(packed[s] - padded[s]) <= 1e-5 * abs(padded[s]), (s, packed[s], padded[s])
+        # fp32 rounding differs with the layout (other matmul shapes, other reduction orders), and updates compound
+        # it: 1.2e-5 relative by step 3 on an AVX2 CPU (7e-6 and less on AVX-512/AMX). One token of attention
+        # leaking across packed sequences moves the loss far more (checked by breaking the block mask).
+        assert abs(packed[s] - padded[s]) <= 1e-4 * abs(padded[s]), (s, packed[s], padded[s])
         assert abs(part[s] - packed[s]) <= 1e-6 * abs(packed[s]), (s, part[s], packed[s])

@@ -232,7 +232,13 @@ def run(args) -> int:
             tr.to_disk(Path(args.output) / f"{tr.task_name}.json")
             results[tr.task_name] = task_entry(tr, sources[tr.task_name], model.stats.get(tr.task_name),
                                                load_s.get(tr.task_name))
-        dtype = args.dtype if kind != "sentence-transformers" else "the model's own"
+        dtype = "the model's own"
+        if kind != "sentence-transformers":  # what auto became on this machine
+            import torch
+
+            from ..encoder import resolve_dtype
+
+            dtype = str(resolve_dtype(args.dtype, "cuda" if torch.cuda.is_available() else "cpu")).replace("torch.", "")
         summary = {"model": args.model, "kind": kind, "dtype": dtype, "batch_size": args.batch_size,
                    "max_length": max_length, "data_dir": data_dir, "results": results,
                    "aggregate": aggregate(results, args.benchmark, planned), "evaluate_s": round(wall, 1)}
