@@ -17,6 +17,7 @@ in that file.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -37,9 +38,11 @@ MTEB_SHORT = {"Banking77Classification": "Banking77", "EmotionClassification": "
               "STSBenchmark": "STS-B", "SciFact": "SciFact (nDCG@10)", "NFCorpus": "NFCorpus (nDCG@10)"}
 
 
+@functools.lru_cache(maxsize=1)
 def task_lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the six non-retrieval offline tasks, the two retrieval ones), as ``eval mteb``'s benchmark lists name them."""
-    sys.path.insert(0, ROOT)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
     from trainer.serving.evaluation.mteb_benchmarks import OFFLINE6, RETRIEVAL
 
     return OFFLINE6, RETRIEVAL

@@ -124,18 +124,10 @@ def load_local(task, folders: dict[str, str]) -> dict:
             data[subset], described[subset] = read_retrieval_folder(folder, list(task.eval_splits))
         else:
             data[subset], described[subset] = read_folder(folder, task)
-    if retrieval:  # mteb keeps retrieval data per subset, multilingual or not
-        task.dataset = data
-        if task.metadata.is_multilingual:
-            task.hf_subsets = list(folders)
-        task.dataset_transform()
-        task.data_loaded = True
-        return {"source": "local", "subsets": described}
+    # mteb keeps retrieval data per subset, multilingual or not; other tasks only when multilingual
+    task.dataset = data if retrieval or task.metadata.is_multilingual else data["default"]
     if task.metadata.is_multilingual:
-        task.dataset = data
         task.hf_subsets = list(folders)
-    else:
-        task.dataset = data["default"]
     task.dataset_transform()
     task.data_loaded = True
     return {"source": "local", "subsets": described}
