@@ -87,7 +87,8 @@ MODE_LABELS = {"project": "optimized (project)", "baseline": "baseline (referenc
 # What a --variants entry may change, and how each value is read.
 VARIANT_KEYS = {"chunk": int, "chunk_by_length": lambda v: v.lower() in ("1", "true", "yes"),
                 "gradient_checkpointing": lambda v: v.lower() in ("1", "true", "yes"),
-                "deepspeed": lambda v: v.lower() in ("1", "true", "yes"), "micro_batch": int}
+                "deepspeed": lambda v: v.lower() in ("1", "true", "yes"), "micro_batch": int,
+                "compile": lambda v: v.lower() in ("1", "true", "yes")}
 
 
 def parse_variant(spec: str) -> dict:
@@ -120,6 +121,40 @@ def set_checkpointing(model, on: bool) -> None:
         model.model.gradient_checkpointing_disable()
 
 
+def set_compiled(model, on: bool) -> bool:
+    """Blocks compiled (``train.compile``) or eager between variants; True when this call compiled them (the
+    variant's warm-up then pays the compilation, which is timed apart). Eager again: the compiled wrapper
+    is dropped, the graphs stay cached for a later compiled variant."""
+    from trainer.modeling.compile import compile_blocks, compiled_blocks, decoder_blocks
+
+    blocks = decoder_blocks(model.decoder)
+    if not on:
+        for b in blocks:
+            b._compiled_call_impl = None
+        return False
+    if compiled_blocks(model.decoder) == len(blocks):
+        return False
+    compile_blocks(model.decoder)
+    return True
+
+
+def profiled(a, fn):
+    """``fn`` under the torch profiler (``--profile N``): returns (result, the N ops of most self time)."""
+    if not a.profile:
+        return fn(), None
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        out = fn()
+    key = "self_cuda_time_total" if a.device.startswith("cuda") else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1
+    top = [{"op": e.key, "self_ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count}
+           for e in events[:a.profile]]
+    return out, top
+
+
 def run_training(a, mode: str, d: Dims, peak: dict, emit=lambda row: None) -> list[dict]:
     """Build ``mode``'s model once, then for each variant (``--variants``; project mode) run warm-up +
     timed steps on its batches; one result row a variant, handed to ``emit`` as soon as it is measured.
@@ -139,25 +174,42 @@ def run_training(a, mode: str, d: Dims, peak: dict, emit=lambda row: None) -> li
             name = mode if spec == "-" else f"{mode}:{spec}"
             row = {"stage": a.stage, "mode": name, "label": MODE_LABELS[mode] + ("" if spec == "-" else f", {spec}"),
                    "micro_batch": v.micro_batch, "seq": v.seq, "chunk": v.chunk if a.stage in ("ucl", "scl") else None,
-                   "gradient_checkpointing": v.gradient_checkpointing, "engine": "deepspeed" if v.deepspeed else "plain"}
-            times, losses, warmup_losses, step = [], [], [], None
+                   "gradient_checkpointing": v.gradient_checkpointing, "engine": "deepspeed" if v.deepspeed else "plain",
+                   "compile": bool(v.compile) and mode == "project"}
+            times, losses, warmup_losses, warmup_s, step = [], [], [], [], None
             batches = make_batches(v)  # the same timed batches for every variant of one micro-batch size
-            if n > 0:
-                batches, v.warmup = batches[v.warmup:], 0
             meter.reset()
             try:
                 if mode == "baseline":
                     step, _ = baseline_step(v, v.stage, model)
                 else:
                     set_checkpointing(model, v.gradient_checkpointing)
+                    fresh = set_compiled(model, v.compile)
                     step, _ = project_step(v, v.stage, model)
+                    if n > 0 and not fresh:  # a warm model: no warm-up (a first compilation needs one)
+                        batches, v.warmup = batches[v.warmup:], 0
+                if mode == "baseline" and n > 0:
+                    batches, v.warmup = batches[v.warmup:], 0
+                if v.compile and mode == "project":
+                    from trainer.modeling.compile import compile_stats
+
+                    before = compile_stats()
                 for i, batch in enumerate(batches):
-                    loss, secs = timed(lambda: step(batch), v.device)
                     if i < v.warmup:
+                        loss, secs = timed(lambda: step(batch), v.device)
                         warmup_losses.append(loss)
-                    else:
-                        times.append(secs)
-                        losses.append(loss)
+                        warmup_s.append(secs)
+                        continue
+                    if i == v.warmup and v.compile and mode == "project":
+                        row["compiled_in_warmup"] = {k: compile_stats()[k] - before[k] for k in before}
+                    (loss, secs), top = profiled(v, lambda: timed(lambda: step(batch), v.device)) \
+                        if i == len(batches) - 1 else (timed(lambda: step(batch), v.device), None)
+                    times.append(secs)
+                    losses.append(loss)
+                    if top:
+                        row["profile_last_step"] = top
+                if v.compile and mode == "project":  # recompilations during the timed steps (should be none)
+                    row["compiled_total"] = {k: compile_stats()[k] - before[k] for k in before}
                 row["status"] = "ok"
             except Exception as e:  # out of memory is a result (the variant does not fit); an error is recorded
                 if not _is_oom(e):  # and the next variant still runs (the exit status says one failed)
@@ -173,7 +225,7 @@ def run_training(a, mode: str, d: Dims, peak: dict, emit=lambda row: None) -> li
             tokens = [batch_tokens(v.stage, b) for b in timed_batches]
             flops = [batch_flops(v.stage, b, d, prefix, v.objective) for b in timed_batches]
             row.update(per_step={"seconds": times, "tokens": tokens, "flops": flops, "loss": losses},
-                       warmup_losses=warmup_losses)
+                       warmup_losses=warmup_losses, warmup_seconds=warmup_s)
             if a.stage in ("ucl", "scl"):
                 row["padded_tokens_per_step"] = [padded_tokens(v, b) for b in timed_batches]
             if row["status"] == "ok":
@@ -228,6 +280,8 @@ def run_encode(a, mode: str, texts: list[list[int]], d: Dims, peak: dict) -> lis
         orders = {"sorted": np.argsort([-n for n in lengths], kind="stable"), **orders}
         if a.packing:
             orders = {"sorted, packed": orders["sorted"], **orders}
+        if a.compile:  # last: the blocks stay compiled once compiled
+            orders["sorted, compiled"] = orders["sorted"]
     n_batches = math.ceil(len(texts) / a.micro_batch)
     flops = encode_flops(d, lengths, MEMORY_TOKENS, prefix)
     meter = MemoryMeter(a.device)
@@ -237,13 +291,15 @@ def run_encode(a, mode: str, texts: list[list[int]], d: Dims, peak: dict) -> lis
         for name, order in orders.items():
             if mode == "project":
                 model.packing = a.packing if "packed" in name else None
+                set_compiled(model, "compiled" in name)
             meter.reset()
-            encode_pass(model.embed_texts, texts, order, a.micro_batch, a.device, limit=max(1, a.warmup))
+            warm = timed(lambda: encode_pass(model.embed_texts, texts, order, a.micro_batch, a.device,
+                                             limit=max(1, a.warmup)), a.device)[1]
             times = [timed(lambda: encode_pass(model.embed_texts, texts, order, a.micro_batch, a.device), a.device)[1]
                      for _ in range(a.repeats)]
             row = {"stage": "encode", "mode": f"{mode}-{name}", "status": "ok", "micro_batch": a.micro_batch,
                    "seq": a.seq, "label": f"{MODE_LABELS[mode]}, {name} order", "texts": len(texts),
-                   "batches": n_batches, "per_pass": {"seconds": times}}
+                   "batches": n_batches, "per_pass": {"seconds": times}, "warmup_s": warm}
             row.update(summarize(times, [sum(lengths)] * len(times), [len(texts)] * len(times), [flops] * len(times),
                                  peak["tflops"], per=n_batches))
             row["texts_per_s"] = row["samples_per_s"]
@@ -276,6 +332,11 @@ def parse_args(argv=None):
     p.add_argument("--negatives", type=int, default=1, help="scl: hard negatives per query")
     p.add_argument("--attention-dropout", type=float, help="ucl/scl (default: 0.2 ucl, 0.0 scl)")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="project mode: torch.compile each decoder block (train.compile)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="torch-profile each row's last timed step; record its N ops of most self time")
+    p.add_argument("--weights", metavar="DIR", help="real weights (a local HF folder or a model-store name such as "
+                   "smollm2-135m) instead of random ones; must match --model-config's shape")
     p.add_argument("--packing", type=int, default=0, metavar="TOKENS",
                    help="project mode: pack sequences into rows of this many tokens (data.packing); encode adds a packed row")
     p.add_argument("--chunk-by-length", type=int, default=1, choices=[0, 1],

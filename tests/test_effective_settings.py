@@ -94,7 +94,7 @@ def test_row_seeded_attention_refuses_what_it_does_not_implement():
 
 
 def settings(**lora):
-    return ModelSettings(memory_tokens=3, attention="auto", lora=LoraSettings(**{"r": 4, "alpha": 8, "dropout": 0.0, **lora}))
+    return ModelSettings(memory_tokens=3, attention="auto", dtype="float32", lora=LoraSettings(**{"r": 4, "alpha": 8, "dropout": 0.0, **lora}))
 
 
 def test_guard_reads_settings_back_from_the_modules():

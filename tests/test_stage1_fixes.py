@@ -129,7 +129,7 @@ def test_guard_reads_back_first_token_memory_init_and_trainables():
     from trainer.modeling.settings import ModelSettings
 
     comp = tiny_compressor("llama", k=4, prefix=(1,))  # sampled slots, memory trainable, no delta
-    settings = ModelSettings(memory_tokens=4, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    settings = ModelSettings(dtype="float32", memory_tokens=4, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
     want = lambda **kw: expected_for(settings, "sdpa", 0.0, False, prefix_ids=[1], **kw)
     eff = verify(comp.train(), want())
     assert eff["first_token_ids"] == [1] and eff["memory_tokens"]["spread"] > 0.5
@@ -137,10 +137,10 @@ def test_guard_reads_back_first_token_memory_init_and_trainables():
     cases = {
         "model.first_token ids": expected_for(settings, "sdpa", 0.0, False, prefix_ids=[0]),
         "memory tokens trainable": want(memory_trainable=False),
-        "model.memory_init": expected_for(ModelSettings(memory_tokens=4, memory_init="mean",
+        "model.memory_init": expected_for(ModelSettings(dtype="float32", memory_tokens=4, memory_init="mean",
                                                         lora=LoraSettings(r=4, alpha=8, dropout=0.0)),
                                           "sdpa", 0.0, False, prefix_ids=[1]),
-        "model.train_input_embeddings": expected_for(ModelSettings(memory_tokens=4, train_input_embeddings=True,
+        "model.train_input_embeddings": expected_for(ModelSettings(dtype="float32", memory_tokens=4, train_input_embeddings=True,
                                                                    lora=LoraSettings(r=4, alpha=8, dropout=0.0)),
                                                      "sdpa", 0.0, False, prefix_ids=[1]),
     }
@@ -149,7 +149,7 @@ def test_guard_reads_back_first_token_memory_init_and_trainables():
             verify(comp, expected)
     # Carried (trained) slots are not judged by the init rule.
     assert read_effective(comp)["memory_tokens"]["k"] == 4
-    verify(comp, expected_for(ModelSettings(memory_tokens=4, memory_init="mean",
+    verify(comp, expected_for(ModelSettings(dtype="float32", memory_tokens=4, memory_init="mean",
                                             lora=LoraSettings(r=4, alpha=8, dropout=0.0)),
                               "sdpa", 0.0, False, prefix_ids=[1], memory_source="runs/stage1"))
 

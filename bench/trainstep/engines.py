@@ -7,15 +7,26 @@ from typing import Callable
 from .archs import ARCHS, MEMORY_TOKENS, SEED
 
 
-def build_base(name: str, dtype: str, attention: str, device):
+def build_base(name: str, dtype: str, attention: str, device, weights: str | None = None):
     """A random-weight causal LM of architecture ``name``, through the project's loader (offline: the
     config is written to a temporary folder), built on ``device``: every weight is created and initialised
-    there (a 7B model on the GPU in seconds, not on the host; ``meta`` for placement tests)."""
+    there (a 7B model on the GPU in seconds, not on the host; ``meta`` for placement tests). ``weights``:
+    the real model from that folder or model-store name instead, refused unless it has ``name``'s shape."""
     import transformers
 
     from trainer.modeling.loading import load_causal_lm
 
     cls, fields, _ = ARCHS[name]
+    if weights:
+        model, path = load_causal_lm(weights, dtype, attention, device=device)
+        shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "intermediate_size", "vocab_size")  # what the FLOP count and the batches assume
+        wrong = {k: (getattr(model.config, k, None), fields[k]) for k in shape
+                 if k in fields and getattr(model.config, k, None) != fields[k]}
+        if wrong:
+            raise SystemExit(f"--weights {path}: not the {name} shape: " +
+                             ", ".join(f"{k} {got} (expected {want})" for k, (got, want) in wrong.items()))
+        return model
     with tempfile.TemporaryDirectory() as tmp:
         getattr(transformers, cls)(**fields).save_pretrained(tmp)
         model, _ = load_causal_lm(tmp, dtype, attention, random_init=True, seed=SEED, device=device)
@@ -36,7 +47,7 @@ def build_project_model(a, stage: str):
 
     import torch
 
-    base = build_base(a.model_config, a.dtype, a.attention, a.device)
+    base = build_base(a.model_config, a.dtype, a.attention, a.device, getattr(a, "weights", None))
     with torch.device(a.device):  # LoRA weights, memory tokens and buffers are created where the base is
         model = build_compressor(base, MEMORY_TOKENS, ARCHS[a.model_config][2], 0, lora_settings(), SEED)
     model.loss_chunk = a.loss_chunk

@@ -30,7 +30,7 @@ class ReferenceBaseline:
 
         self.a, self.stage, self.seq = a, stage, a.seq
         self.prefix = torch.tensor(ARCHS[a.model_config][2], dtype=torch.long, device=a.device)
-        enc = build_base(a.model_config, a.dtype, "eager", a.device)
+        enc = build_base(a.model_config, a.dtype, "eager", a.device, getattr(a, "weights", None))
         vocab = enc.get_input_embeddings().weight.shape[0]
         enc.resize_token_embeddings(vocab + MEMORY_TOKENS, mean_resizing=False)
         with torch.no_grad():  # new rows at the mean embedding, as a mean-initialised resize places them
@@ -46,7 +46,7 @@ class ReferenceBaseline:
         self.memory_ids = torch.arange(vocab, vocab + MEMORY_TOKENS, device=a.device)
         self.decoder = None
         if stage == "pretrain":
-            self.decoder = build_base(a.model_config, a.dtype, "eager", a.device).requires_grad_(False)
+            self.decoder = build_base(a.model_config, a.dtype, "eager", a.device, getattr(a, "weights", None)).requires_grad_(False)
         if a.gradient_checkpointing and stage != "encode":
             for m in (self.encoder, self.decoder):
                 if m is not None:

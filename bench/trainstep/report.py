@@ -15,7 +15,7 @@ def rows_per_batch(a) -> int:
 
 def print_table(rows: list[dict], a, info: dict, peak: dict) -> None:
     print(f"device: {info['device_name']}\ncommit: {info['commit']}   torch {info['torch']}   date: {info['date']}")
-    print(f"model: {a.model_config} (random init), {a.dtype}, attention {a.attention}, K={MEMORY_TOKENS}, "
+    print(f"model: {a.model_config} ({'weights ' + a.weights if getattr(a, 'weights', None) else 'random init'}), {a.dtype}, attention {a.attention}, K={MEMORY_TOKENS}, "
           f"LoRA r16/a32 on q,v,o,gate,up,down" + (f", objective {a.objective}" if a.stage == "pretrain" else "")
           + (f", chunks of {a.chunk} of {rows_per_batch(a)} rows per batch, attention dropout {a.attention_dropout}"
              if a.stage in ("ucl", "scl") else "")

@@ -227,7 +227,12 @@ def run_stage(recipe_cls, task_cls, args) -> int:
     """``llm2comp <stage> --config RECIPE [k=v ...]``: load the recipe, record it, train."""
     from ..config import load_config, save_config
 
+    from .precision import resolve_precision
+
     recipe = load_config(recipe_cls, args.config, args.overrides)
+    said = resolve_precision(recipe.model, recipe.train, "cuda" if torch.cuda.is_available() else "cpu")
+    if said and int(os.environ.get("RANK", "0")) == 0:
+        print(said, flush=True)
     os.makedirs(recipe.train.output_dir, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
         save_config(recipe, os.path.join(recipe.train.output_dir, "recipe.yaml"))

@@ -42,8 +42,11 @@ class TrainSettings:
     grad_accum: int = 1
     seed: int = 0
     deepspeed: str = "ds_configs/zero2.json"
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp32", "auto"] = "bf16"  # auto: bf16 when model.dtype is (or resolves to) bfloat16
     gradient_checkpointing: bool = False
+    # torch.compile each decoder block (trainer/modeling/compile.py). Off by default: on the 2-core AVX2 CPU
+    # the stage-1 step measured 0.95x eager (docs/BENCHMARKS.md); the GPU session measures it at 7B.
+    compile: bool = False
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2

@@ -61,7 +61,8 @@ def build_model(settings: ModelSettings, seed: int = 0, lineage: Optional[dict] 
 
 def prepare_for_training(model: Compressor, settings: ModelSettings, device, *, attention_dropout: float,
                          row_seeded: bool, gradient_checkpointing: bool, train_memory: bool = True,
-                         memory_source: str = "fresh", prefix_ids: Optional[list[int]] = None) -> dict:
+                         memory_source: str = "fresh", prefix_ids: Optional[list[int]] = None,
+                         compile: bool = False) -> dict:
     """Put the recipe's module-level settings where the modules read them, move the model to ``device``,
     check it is bidirectional where it must be, and read every setting back (``trainer/modeling/effective.py``).
     Returns the effective settings; any disagreement with the recipe stops here, in one line.
@@ -71,7 +72,9 @@ def prepare_for_training(model: Compressor, settings: ModelSettings, device, *, 
     must give the same distribution the student is scored against. ``train_memory=False``: the stage's
     loss does not reach the memory tokens (mntp), or the stage keeps them as they are (stages 2-3 by default).
     ``memory_source``: where the memory embeddings came from (``fresh``: drawn by ``model.memory_init``);
-    ``prefix_ids``: the first token ``model.first_token`` resolved to (the lineage's ``prefix_ids``)."""
+    ``prefix_ids``: the first token ``model.first_token`` resolved to (the lineage's ``prefix_ids``);
+    ``compile``: each decoder block compiled (``train.compile``), after the bidirectionality probe, so the
+    probe checks the eager modules and the first compiled call is a training step."""
     from .adapters import enable_gradient_checkpointing
     from .attention import resolve_attention
     from .dropout import enable_row_seeded_dropout, set_attention_dropout
@@ -88,7 +91,11 @@ def prepare_for_training(model: Compressor, settings: ModelSettings, device, *, 
         model.memory.weight.requires_grad_(False)
     model = model.to(device).train()
     probe = model.check_bidirectional()
+    if compile:
+        from .compile import compile_blocks
+
+        compile_blocks(model.decoder)
     want = expected_for(settings, resolved, attention_dropout, row_seeded, train_memory,
                         prefix_ids=model.prefix_ids.tolist() if prefix_ids is None else list(prefix_ids),
-                        memory_source=memory_source)
+                        memory_source=memory_source, compiled=compile)
     return verify(model, want, probe)

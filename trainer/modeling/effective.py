@@ -47,6 +47,8 @@ class Expected:
     memory_init: str = "sampled"  # how fresh memory slots were drawn (model.memory_init)
     memory_source: str = "fresh"  # fresh | the run the slots were carried from
     input_embeddings_trainable: bool = False  # model.train_input_embeddings
+    dtype: Optional[str] = None  # model.dtype (auto already resolved); None: not checked
+    compiled: bool = False  # train.compile: every decoder block compiled
 
 
 def _dropout_rate(module: nn.Module) -> float:
@@ -77,8 +79,11 @@ def read_effective(compressor) -> dict:
         base = compressor.model.get_base_model()
         _, std = embedding_stats(base.get_input_embeddings(), compressor.config.get_text_config().vocab_size)
         spread = round(slot_spread(memory, std), 4)
+    from .compile import compiled_blocks, decoder_blocks
+
     return {
         "model_type": compressor.config.model_type,
+        "compiled_blocks": [compiled_blocks(compressor.decoder), len(decoder_blocks(compressor.decoder))],
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "attention_implementation": _one(implementations),
         "attention_modules": len(attn),
@@ -130,7 +135,12 @@ def mismatches(effective: dict, want: Expected) -> list[str]:
         ("model.train_input_embeddings", want.input_embeddings_trainable, effective["input_embeddings_trainable"]),
         ("frozen base (only LoRA and memory tokens train)", True, effective["frozen_base"]),
         ("training mode (dropout active)", True, effective["training_mode"]),
+        ("train.compile (blocks compiled)", want.compiled,
+         effective["compiled_blocks"][0] == effective["compiled_blocks"][1] > 0 if want.compiled
+         else effective["compiled_blocks"][0] > 0),
     ]
+    if want.dtype is not None:
+        checks.append(("model.dtype", want.dtype, effective["dtype"]))
     spread = effective["memory_tokens"]["spread"]
     if want.memory_source == "fresh" and spread is not None and want.memory_tokens > 1:
         # The slots as drawn: 'sampled' must be distinct, 'mean' near-copies of one point.
@@ -155,7 +165,7 @@ def verify(compressor, want: Expected, probe: Optional[dict] = None) -> dict:
 
 def expected_for(settings, attention: str, attention_dropout: float, row_seeded: bool,
                  memory_trainable: bool = True, prefix_ids: Optional[list[int]] = None,
-                 memory_source: str = "fresh") -> Expected:
+                 memory_source: str = "fresh", compiled: bool = False) -> Expected:
     """``settings``: the recipe's ModelSettings; ``attention``: what the loader resolved it to;
     ``memory_trainable``: whether the stage trains the memory tokens (when the pooling has them);
     ``prefix_ids``: what ``model.first_token`` resolved to; ``memory_source``: fresh or carried."""
@@ -168,7 +178,8 @@ def expected_for(settings, attention: str, attention_dropout: float, row_seeded:
     return Expected(attention, float(attention_dropout), row_seeded, lora.r, lora.alpha, lora.dropout,
                     list(lora.target_modules), settings.pooling, settings.memory_tokens if memory else 0,
                     memory and memory_trainable, list(prefix_ids or []), settings.memory_init, memory_source,
-                    bool(settings.train_input_embeddings))
+                    bool(settings.train_input_embeddings),
+                    settings.dtype if settings.dtype != "auto" else None, bool(compiled))
 
 
 def write_effective(effective: dict, output_dir: str) -> str:
@@ -201,6 +212,7 @@ def summary(effective: dict) -> str:
         *(["E's input-embedding delta trains"] if effective.get("input_embeddings_trainable") else []),
         f"{effective['trainable_parameters']:,} trainable parameters",
         f"packing {effective['packing']} tokens a row" if effective.get("packing") else "padded batches",
+        *([f"{effective['compiled_blocks'][0]} decoder blocks compiled"] if effective.get("compiled_blocks", [0])[0] else []),
     ]
     if probe:
         parts.append(f"bidirectional check passed (position 0 moved {probe['encoder_change']:.2g} encoder, "

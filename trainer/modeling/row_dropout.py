@@ -200,7 +200,8 @@ def explicit_attention(module, query, key, value, attention_mask, dropout: float
         w = w.masked_fill(torch.ones(tq, tk, dtype=torch.bool, device=w.device).triu(1), low)
     w = torch.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
     if seeds is not None and dropout > 0:
-        STATS["dropout_calls"] += 1
+        if not torch.compiler.is_compiling():  # a Python counter in a compiled block: a recompile per call
+            STATS["dropout_calls"] += 1
         w = row_dropout(w, dropout, 1_000_003 + int(getattr(module, "layer_idx", 0)), seeds)
     return torch.matmul(w, v).transpose(1, 2).contiguous(), None
 

@@ -12,7 +12,8 @@ from .adapters import LoraSettings
 class ModelSettings:
     path: str = "smollm2-135m"  # local HF folder or a `llm2comp models` name
     tokenizer: Optional[str] = None  # default: the model's folder
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    # auto: bfloat16 where the device computes it natively (GPUs, CPUs with AMX or AVX-512 BF16), else float32
+    dtype: Literal["float32", "bfloat16", "auto"] = "bfloat16"
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     random_init: bool = False  # same architecture, random weights (tests, throughput benchmarks)
     config_overrides: dict[str, Any] = field(default_factory=dict)

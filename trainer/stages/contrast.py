@@ -102,6 +102,7 @@ class ContrastTask:
         self.effective = prepare_for_training(model, r.model, device, attention_dropout=r.contrast.attention_dropout,
                                               row_seeded=True, gradient_checkpointing=r.train.gradient_checkpointing,
                                               train_memory=r.train_memory, prefix_ids=self.lineage["prefix_ids"],
+                                              compile=r.train.compile,
                                               memory_source=r.init.init_from if memory is not None else "fresh")
         self.pad_id = model.pad_id
         return model

@@ -100,7 +100,8 @@ class PretrainTask:
         # mntp never reaches the memory tokens (memory pooling after an mntp stage 1 starts from fresh ones).
         self.effective = prepare_for_training(model, r.model, device, attention_dropout=0.0, row_seeded=False,
                                               gradient_checkpointing=r.train.gradient_checkpointing,
-                                              train_memory=r.train_memory, prefix_ids=self.lineage["prefix_ids"])
+                                              train_memory=r.train_memory, prefix_ids=self.lineage["prefix_ids"],
+                                              compile=r.train.compile)
         self.pad_id = model.pad_id
         return model
 
