@@ -229,7 +229,7 @@ def prepare(run: Runner, data: str, out: str, prof: Profile, model: str) -> dict
     return paths
 
 
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU instructions that run bf16 natively
+from trainer.engine.precision import BF16_CPU_FLAGS as BF16_FLAGS  # noqa: E402  (one list: model.dtype auto uses it too)
 
 
 def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
