@@ -12,10 +12,11 @@ it measured it, so a part that crashes or runs out of time loses only itself:
    backend, packing, the compiled dropout mask (qwen2-1.5b shape).
 3. ``pretrain`` (bench/train_step.py): stage 1 at the llama2-7b shape (micro-batch 4, windows <= 512):
    the reference-style path (checkpointed), then the project's without gradient checkpointing (the 7B
-   recipes' setting) and with it, then the real DeepSpeed ZeRO-2 engine (bf16, fp32 gradient accumulation).
+   recipes' setting), compiled (``train.compile``) and eager, and with checkpointing, then the real DeepSpeed
+   ZeRO-2 engine (bf16, fp32 gradient accumulation).
 4. ``scl``: stage 3 at the llama2-7b shape with recipe-like lengths (queries ~40 tokens, passages lognormal
-   up to 512): one rank's share of the recipe's global batch (128 queries) in gradient-cache chunks of 16,
-   32 and 64; chunks in batch order against chunks sorted by length; the whole global batch of 1,024 on one
+   up to 512): one rank's share of the recipe's global batch (128 queries) in gradient-cache chunks of 16
+   and 32, the chunks of 32 compiled and eager; chunks in batch order against chunks sorted by length; the whole global batch of 1,024 on one
    GPU; the DeepSpeed ZeRO-2 engine against the plain one.
 5. ``encode``: texts/s of the encoder, length-sorted, packed and in arbitrary order.
 
@@ -42,22 +43,25 @@ REPO = os.path.dirname(BENCH)
 PARTS = {
     "checks": (60, ["gpu_checks.py", "--smoke"], ["gpu_checks.py", "--model-config", "qwen2-1.5b"]),
     "pretrain": (
-        120,
+        160,  # of which the compiled variant's first compilation, about 40 s
         ["train_step.py", "--stage", "pretrain", "--device", "cpu", "--model-config", "tiny", "--seq", "48",
          "--steps", "2", "--warmup", "1", "--micro-batch", "2", "--baseline", "--gradient-checkpointing",
-         "--variants", "gradient_checkpointing=0", "gradient_checkpointing=1", "deepspeed=1,gradient_checkpointing=0"],
+         "--variants", "gradient_checkpointing=0", "gradient_checkpointing=0,compile=1", "gradient_checkpointing=1",
+         "deepspeed=1,gradient_checkpointing=0"],
         ["train_step.py", "--stage", "pretrain", "--model-config", "llama2-7b", "--seq", "512", "--micro-batch", "4",
          "--steps", "10", "--warmup", "2", "--baseline", "--gradient-checkpointing",
-         "--variants", "gradient_checkpointing=0", "gradient_checkpointing=1", "deepspeed=1,gradient_checkpointing=0"]),
+         "--variants", "gradient_checkpointing=0", "gradient_checkpointing=0,compile=1", "gradient_checkpointing=1",
+         "deepspeed=1,gradient_checkpointing=0"]),
     "scl": (
-        240,
+        260,
         ["train_step.py", "--stage", "scl", "--device", "cpu", "--model-config", "tiny", "--seq", "96", "--steps", "1",
          "--warmup", "1", "--micro-batch", "4", "--gradient-checkpointing",
-         "--variants", "chunk=4", "chunk=8", "chunk=4,chunk_by_length=0", "micro_batch=8,chunk=4", "chunk=4,deepspeed=1"],
+         "--variants", "chunk=4", "chunk=4,compile=1", "chunk=8", "chunk=4,chunk_by_length=0", "micro_batch=8,chunk=4",
+         "chunk=4,deepspeed=1"],
         ["train_step.py", "--stage", "scl", "--model-config", "llama2-7b", "--seq", "512", "--steps", "2", "--warmup", "1",
          "--micro-batch", "128", "--gradient-checkpointing",
-         "--variants", "chunk=32", "chunk=16", "chunk=64", "chunk=32,chunk_by_length=0", "micro_batch=1024,chunk=32",
-         "chunk=32,deepspeed=1"]),
+         "--variants", "chunk=32", "chunk=32,compile=1", "chunk=16", "chunk=32,chunk_by_length=0",
+         "micro_batch=1024,chunk=32", "chunk=32,deepspeed=1"]),
     "encode": (
         60,
         ["train_step.py", "--stage", "encode", "--device", "cpu", "--model-config", "tiny", "--seq", "48", "--steps", "2",

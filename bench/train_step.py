@@ -125,12 +125,11 @@ def set_compiled(model, on: bool) -> bool:
     """Blocks compiled (``train.compile``) or eager between variants; True when this call compiled them (the
     variant's warm-up then pays the compilation, which is timed apart). Eager again: the compiled wrapper
     is dropped, the graphs stay cached for a later compiled variant."""
-    from trainer.modeling.compile import compile_blocks, compiled_blocks, decoder_blocks
+    from trainer.modeling.compile import compile_blocks, compiled_blocks, decoder_blocks, uncompile_blocks
 
     blocks = decoder_blocks(model.decoder)
     if not on:
-        for b in blocks:
-            b._compiled_call_impl = None
+        uncompile_blocks(model.decoder)
         return False
     if compiled_blocks(model.decoder) == len(blocks):
         return False

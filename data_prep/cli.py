@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 
-from .errors import PrepError
+from .errors import PrepError, at_least
 from .kinds import CompressionOptions, PairsOptions, ReaderOptions, SentencesOptions
 from .units import Slice
 
@@ -19,16 +19,16 @@ def _common(p: argparse.ArgumentParser, text_default: str = "text") -> None:
                    help="files, globs or directories: .txt, .jsonl, .parquet, each optionally .gz")
     p.add_argument("--tokenizer", required=True, metavar="TOK", help="local Hugging Face tokenizer or model folder")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--workers", type=int, default=_default_workers(),
+    p.add_argument("--workers", type=at_least(1), default=_default_workers(),
                    help="tokenizer processes (default: SLURM_CPUS_PER_TASK or all cores)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record (exit 2) instead of skipping it")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
-    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--max-tokens", type=at_least(1), default=512)
     p.add_argument("--text-field", default=text_default, help="JSONL/parquet field holding the text")
     p.add_argument("--id-field", default="id", help="field used as doc_id when present (else file:line)")
     p.add_argument("--paragraphs", action="store_true", help=".txt: documents are blank-line separated")
-    p.add_argument("--shard-rows", type=int, default=50_000)
-    p.add_argument("--chunk-docs", type=int, default=1000, help="records per unit of work")
+    p.add_argument("--shard-rows", type=at_least(1), default=50_000)
+    p.add_argument("--chunk-docs", type=at_least(1), default=1000, help="records per unit of work")
     p.add_argument("--slice", default=None, metavar="I/N",
                    help="process part I of N (default: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT)")
     p.add_argument("--no-progress", action="store_true")
@@ -39,13 +39,13 @@ def add_arguments(prep: argparse.ArgumentParser) -> None:
 
     c = sub.add_parser("compression", help="(context, continuation) pairs for stage 1")
     _common(c)
-    c.add_argument("--min-context", type=int, default=10)
-    c.add_argument("--min-continuation", type=int, default=10)
+    c.add_argument("--min-context", type=at_least(1), default=10)
+    c.add_argument("--min-continuation", type=at_least(1), default=10)
     c.add_argument("--seed", type=int, default=0)
 
     s = sub.add_parser("sentences", help="one text per row for stage 2")
     _common(s)
-    s.add_argument("--min-tokens", type=int, default=1)
+    s.add_argument("--min-tokens", type=at_least(1), default=1)
 
     p = sub.add_parser("pairs", help="query/positive/negatives for stage 3")
     _common(p)

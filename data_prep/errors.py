@@ -37,3 +37,21 @@ BAD_INPUT_PREFIXES = (
 
 def is_bad_input(reason: str) -> bool:
     return reason.startswith(BAD_INPUT_PREFIXES)
+
+
+def at_least(minimum: int):
+    """An argparse ``type``: an integer of at least ``minimum``; argparse then names the argument in its one line
+    (``llm2comp encode: error: argument --batch-size: must be at least 1, got -4``)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

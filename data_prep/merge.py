@@ -69,6 +69,9 @@ def merge(slice_dirs: list[str], output: str, overwrite: bool = False) -> dict:
             )
         )
 
+    if not shards:
+        raise PrepError(f"no rows in any of the {count} slices ({', '.join(by_index[i] for i in range(count))}): "
+                        "nothing to merge")
     settings = {**common(first), "slice": f"merged from {count}"}
     write_dataset_files(output, Features.from_dict(_features_dict(first_dir)), shards)
     stats = totals.to_dict()

@@ -165,7 +165,12 @@ def run(cfg: PrepConfig) -> dict:
         bar.close()
 
     totals = writer.done
-    if totals.rows == 0:
+    if totals.rows == 0 and cfg.slice.count > 1:
+        # One task of an array with more slices than the input has chunks (or whose records were all skipped):
+        # an empty slice, so that the array finishes and merge, which refuses an empty whole, completes.
+        print(f"prep {cfg.kind}: slice {cfg.slice.index}/{cfg.slice.count} of {totals.documents:,} input records "
+              "gave no rows; written as an empty slice for prep merge", file=sys.stderr)
+    elif totals.rows == 0:
         raise PrepError(
             f"no rows were produced from {totals.documents:,} input records (skipped: {totals.skipped_summary()}"
             + "".join(f"; first {r}: {', '.join(ex[:3])}" for r, ex in sorted(totals.examples.items()))

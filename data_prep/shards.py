@@ -16,6 +16,7 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import jsonio
 from .stats import Stats
 from .units import Key
 
@@ -71,7 +72,7 @@ def count_tokens(table: pa.Table) -> int:
 def _write_json_atomic(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
+        jsonio.dump(obj, fh, indent=2, sort_keys=True)
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())

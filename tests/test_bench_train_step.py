@@ -71,7 +71,8 @@ def test_flop_formula_matches_hand_computed_values(bench):
 # -- end to end on CPU: bench/gpu_session.sh --smoke (the GPU session's parts and packaging, tiny model) ----
 SESSION = ROOT / "bench" / "gpu_session.sh"
 # What --smoke runs (bench/session.py PARTS): pretrain --seq 48 --steps 2 --warmup 1, micro-batch 2, baseline
-# then three project variants; scl --seq 96 --steps 1 --warmup 1, micro-batch 4 (12 rows) in chunks of 4 / 8;
+# then four project variants (one compiled); scl --seq 96 --steps 1 --warmup 1, micro-batch 4 (12 rows) in chunks
+# of 4 (eager and compiled) / 8;
 # encode micro-batch 8 with --packing 256.
 STEPS, WARMUP, SEQ = 2, 1, 48
 # Packages the device image lacks (bench/carry_wheels.py: not in its image list, not carried): the rehearsal
@@ -96,6 +97,14 @@ def check_rates(row: dict) -> None:
     assert row["tokens_per_s"] > 0 and row["samples_per_s"] > 0 and row["step_ms_median"] > 0
     assert 0 < row["mfu"] <= 1
     assert row["achieved_tflops"] < row["peak_tflops"]
+
+
+def check_compiled(row: dict) -> None:
+    """The compiled variant compiled (in its own warm-up), without graph breaks, and the timed steps did not
+    recompile: the warm-up paid for every shape of graph they needed."""
+    assert row["compile"] and row["compiled_in_warmup"]["frames_compiled"] > 0, row.get("compiled_in_warmup")
+    assert row["compiled_total"]["graph_breaks"] == 0
+    assert row["compiled_total"]["frames_compiled"] == row["compiled_in_warmup"]["frames_compiled"], row["compiled_total"]
 
 
 def test_session_output_fits_what_a_lent_machine_returns(session):
@@ -132,10 +141,12 @@ def test_pretrain_baseline_checkpointing_on_off_and_deepspeed(session, bench):
     _, result, _ = session
     part = result["parts"]["pretrain"]["result"]
     rows = {r["mode"]: r for r in part["rows"]}
-    assert list(rows) == ["baseline", "project:gradient_checkpointing=0", "project:gradient_checkpointing=1",
-                          "project:deepspeed=1,gradient_checkpointing=0"]  # baseline first, then one project model
-    assert [r["gradient_checkpointing"] for r in rows.values()] == [True, False, True, False]
-    assert [r["engine"] for r in rows.values()] == ["plain", "plain", "plain", "deepspeed"]
+    assert list(rows) == ["baseline", "project:gradient_checkpointing=0", "project:gradient_checkpointing=0,compile=1",
+                          "project:gradient_checkpointing=1", "project:deepspeed=1,gradient_checkpointing=0"]
+    assert [r["gradient_checkpointing"] for r in rows.values()] == [True, False, False, True, False]
+    assert [r["engine"] for r in rows.values()] == ["plain", "plain", "plain", "plain", "deepspeed"]
+    assert [r["compile"] for r in rows.values()] == [False, False, True, False, False]
+    check_compiled(rows["project:gradient_checkpointing=0,compile=1"])
     batches = bench.compression_batches(WARMUP + STEPS, 2, SEQ, VOCAB)[WARMUP:]
     want = [sum(expected_compression(c, y) for c, y in zip(b["context_len"].tolist(), b["continuation_len"].tolist()))
             for b in batches]
@@ -152,8 +163,10 @@ def test_pretrain_baseline_checkpointing_on_off_and_deepspeed(session, bench):
 def test_scl_chunk_sizes_grouping_global_batch_and_deepspeed(session, bench):
     _, result, _ = session
     rows = {r["mode"]: r for r in result["parts"]["scl"]["result"]["rows"]}
-    assert list(rows) == ["project:chunk=4", "project:chunk=8", "project:chunk=4,chunk_by_length=0",
-                          "project:micro_batch=8,chunk=4", "project:chunk=4,deepspeed=1"]
+    assert list(rows) == ["project:chunk=4", "project:chunk=4,compile=1", "project:chunk=8",
+                          "project:chunk=4,chunk_by_length=0", "project:micro_batch=8,chunk=4", "project:chunk=4,deepspeed=1"]
+    check_compiled(rows["project:chunk=4,compile=1"])
+    assert not any(r["compile"] for name, r in rows.items() if "compile=1" not in name)  # eager again after it
     batches = bench.contrast_batches("scl", WARMUP + 1, 4, 96, VOCAB, 1)[WARMUP:]
     lengths = [b["query_len"].tolist() + b["positive_len"].tolist() + b["negative_len"].tolist() for b in batches]
     for name, row in rows.items():

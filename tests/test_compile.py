@@ -9,6 +9,7 @@ import torch
 from conftest import launch, losses
 from test_gradcache import dropout_compressor, grads, random_rows
 from tiny_models import random_batch, tiny_compressor
+from trainer.modeling.adapters import enable_gradient_checkpointing
 from trainer.engine.gradcache import Rows, encode, first_pass, loss_and_row_gradients, replay
 from trainer.modeling.compile import compile_blocks, compile_stats, compiled_blocks
 from trainer.objectives.compression import compression_loss
@@ -40,12 +41,20 @@ def test_compiled_stage1_step_equals_eager(objective="kl"):
     assert_same_grads(out["compiled"][1], out["eager"][1], 1e-4)
 
 
-def test_compiled_gradient_cache_is_exact_with_dropout():
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_compiled_gradient_cache_is_exact_with_dropout(checkpointing):
     """Row-seeded LoRA and attention dropout inside compiled blocks: chunked gradient caching on the compiled
     model gives the eager model's uncached full-batch gradients (the masks are a function of the row, so
-    compiled and eager draw the same ones)."""
+    compiled and eager draw the same ones). With gradient checkpointing too (the 7B recipes'): the checkpoint
+    stays outside the compiled graph, its recomputation under the forward's row seeds and adapter state."""
     eager, comp = dropout_compressor(), dropout_compressor()
+    checkpoints = []
+    if checkpointing:
+        enable_gradient_checkpointing(comp.model, comp.switch)
+        for block in comp.decoder.layers:  # count that the compiled blocks still checkpoint
+            block._gradient_checkpointing_func = counted(block._gradient_checkpointing_func, checkpoints)
     compile_blocks(comp.decoder)
+    assert compiled_blocks(comp.decoder) == 2
     ids, lengths = random_rows(6, seed=1)
     rows = Rows(torch.cat([ids, ids]), torch.cat([lengths, lengths]), torch.arange(12) * 7919 + 11)
     loss_fn = lambda x: unsupervised_loss(gather_groups(x, {"view1": 6, "view2": 6}), 0.05)  # noqa: E731
@@ -62,6 +71,14 @@ def test_compiled_gradient_cache_is_exact_with_dropout():
     replay(embed, rows, g, 4, backward=lambda l: l.backward(), step=lambda: None, kept=kept)
     assert torch.allclose(loss, ref_loss.detach(), rtol=1e-5), (loss.item(), ref_loss.item())
     assert_same_grads(grads(comp), ref, 1e-4)
+    assert len(checkpoints) == (2 * 3 if checkpointing else 0)  # 2 blocks x 3 chunks of the replay
+
+
+def counted(fn, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return wrapper
 
 
 @torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)  # not dynamo's silent fall-back to eager

@@ -75,7 +75,7 @@ def summary(out):
     return json.loads((out / "summary.json").read_text())
 
 
-def test_local_folders_score_as_the_cached_copy_and_record_their_source(tasks_data, plain_lm, tmp_path):
+def test_local_folders_score_as_the_cached_copy_and_record_their_source_compiled_or_not(tasks_data, plain_lm, tmp_path):
     env = offline_env(tasks_data / "hf")
     args = ["eval", "mteb", "--model", plain_lm, "--pooling", "mean", "--tasks", "Banking77Classification,STSBenchmark",
             "--no-progress"]
@@ -107,6 +107,15 @@ def test_local_folders_score_as_the_cached_copy_and_record_their_source(tasks_da
         "llm2comp-paper": (14, 2), "llm2comp-offline": (8, 2), "llm2comp-offline6": (6, 2)}
     assert all(g["average"] == pytest.approx(both) for g in lists.values())
     assert "average" in r.stdout and "over 2 of the 2 tasks requested" in r.stdout
+    assert local["compiled_blocks"] == [0, 2]  # read back: eager
+
+    # --compile: every block compiled (read back from the model into summary.json), the same scores as eager
+    r = llm2comp(env, *args, "--data-dir", tasks_data / "local", "--output", tmp_path / "compiled", "--compile")
+    assert r.returncode == 0, r.stderr[-3000:]
+    compiled = summary(tmp_path / "compiled")
+    assert compiled["compiled_blocks"] == [2, 2]
+    for name in ("Banking77Classification", "STSBenchmark"):
+        assert compiled["results"][name]["main_score"] == pytest.approx(local["results"][name]["main_score"], abs=1e-3)
 
 
 def test_paper_benchmark_offline_runs_what_it_has_and_says_what_it_covers(tasks_data, plain_lm, tmp_path):

@@ -77,12 +77,15 @@ def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm
     # The CLI gives the in-process API's embeddings.
     (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    for name in ("t.txt", "t.jsonl"):
+    for name, flags in (("t.txt", []), ("t.jsonl", ["--compile"])):  # compiled blocks: the same embeddings
         r = subprocess.run([sys.executable, "-m", "trainer.cli", "encode", "--model", str(tmp_path / "exp"),
-                            "--input", str(tmp_path / name), "--output", str(tmp_path / f"{name}.npy"), "--batch-size", "2"],
-                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+                            "--input", str(tmp_path / name), "--output", str(tmp_path / f"{name}.npy"), "--batch-size", "2",
+                            *flags], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
-        assert np.allclose(np.load(tmp_path / f"{name}.npy"), exported, atol=1e-6)
+        assert np.allclose(np.load(tmp_path / f"{name}.npy"), exported, atol=1e-6 if not flags else 1e-4)
+        assert ("2/2 blocks compiled" in r.stdout) == bool(flags), r.stdout
+    assert Encoder.from_pretrained(str(tmp_path / "exp"), compile=True).compiled_blocks == [2, 2]
+    assert enc.compiled_blocks == [0, 2]
 
 
     # sentence-transformers loads the export through llm2comp's module and gives the same embeddings.

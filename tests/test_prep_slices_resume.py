@@ -53,6 +53,38 @@ def test_merged_slices_equal_the_single_run(tmp_path, cli, bpe_tokenizer, n_file
     assert merged["tokenizer"]["hash"] == single["tokenizer"]["hash"]
 
 
+def test_an_array_of_more_slices_than_input_chunks_merges(tmp_path, cli, bpe_tokenizer):
+    """20 records in chunks of 10 over 4 slices: slices 2 and 3 get no input. Each is a valid empty slice (exit
+    0, no shards, a manifest), the array can finish, and merge gives the single run's rows. A merge of only
+    empty slices is refused in one line."""
+    write_jsonl(tmp_path / "in" / "docs.jsonl", make_docs(20, seed=5))
+    common = ["--input", tmp_path / "in", "--tokenizer", bpe_tokenizer, "--max-tokens", "128", "--chunk-docs", "10",
+              "--workers", "1"]
+    prep(cli, "compression", *common, "--output", tmp_path / "single")
+    for i in range(4):
+        code, _, err = cli("prep", "compression", *map(str, common), "--output", str(tmp_path / f"s{i}"), "--slice", f"{i}/4")
+        assert code == 0, err
+    empty = [json.loads((tmp_path / f"s{i}" / "manifest.json").read_text()) for i in (2, 3)]
+    assert [m["totals"]["rows"] for m in empty] == [0, 0] and [m["shards"] for m in empty] == [[], []]
+    assert "gave no rows; written as an empty slice" in err
+    code, _, err = cli("prep", "merge", *[str(tmp_path / f"s{i}") for i in range(4)], "--output", str(tmp_path / "merged"))
+    assert code == 0, err
+    assert row_set(tmp_path / "merged") == row_set(tmp_path / "single")
+    from datasets import load_from_disk
+
+    assert len(load_from_disk(str(tmp_path / "merged"))) == json.loads((tmp_path / "single" / "manifest.json").read_text())["totals"]["rows"]
+
+    write_jsonl(tmp_path / "short" / "docs.jsonl", [{"text": "a"}] * 30)  # every record too short for a window
+    short = ["--input", tmp_path / "short", *common[2:]]
+    for i in range(2):
+        code, _, err = cli("prep", "compression", *map(str, short), "--output", str(tmp_path / f"e{i}"), "--slice", f"{i}/2")
+        assert code == 0, err
+    code, _, err = cli("prep", "merge", str(tmp_path / "e0"), str(tmp_path / "e1"), "--output", str(tmp_path / "none"))
+    assert code == 2 and "no rows in any of the 2 slices" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = cli("prep", "compression", *map(str, short), "--output", str(tmp_path / "whole"))
+    assert code == 2 and "no rows were produced from 30 input records" in err  # unsliced: still an error
+
+
 def test_merge_refuses_incomplete_or_foreign_slices(tmp_path, cli, bpe_tokenizer):
     src = write_jsonl(tmp_path / "d.jsonl", make_docs(60, seed=2))
     common = ["--input", src, "--tokenizer", bpe_tokenizer, "--workers", "1", "--chunk-docs", "5"]

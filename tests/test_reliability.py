@@ -97,3 +97,45 @@ def test_a_corrupt_shard_is_refused_before_training(tmp_path, compression_data):
     assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert shard.name in err[0] and "corrupt shard" in err[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("nproc,damaged", [(1, "mp_rank_00_model_states.pt"), (2, "zero_pp_rank_1_mp_rank_00_optim_states.pt")],
+                         ids=["1-rank-model-file", "2-ranks-optimizer-file"])
+def test_resume_auto_passes_over_a_checkpoint_that_does_not_load(tmp_path, compression_data, nproc, damaged):
+    """The newest checkpoint's model or optimizer file truncated (a copy cut short): resume=auto names it in one
+    line, resumes every rank from the intact earlier one, and trains to the end; an explicit train.resume of the
+    damaged one is refused in one line naming the file."""
+    common = [f"data={compression_data}", f"output_dir={tmp_path}", "train.save_every=2"]
+    assert launch(nproc, *common, "max_steps=4").returncode == 0
+    ckpts = tmp_path / "checkpoints"
+    truncate(ckpts / "step-00000004" / damaged)
+    r = launch(nproc, *common, "max_steps=6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    passed = [l for l in r.stdout.splitlines() if "does not load" in l]
+    assert len(passed) == 1 and f"{ckpts}/step-00000004" in passed[0] and damaged in passed[0], r.stdout[-2000:]
+    assert f"resumed from {ckpts}/step-00000002 at step 2" in r.stdout
+    assert sorted(losses(tmp_path)) == list(range(1, 7))
+
+    truncate(ckpts / "step-00000006" / damaged)
+    r = launch(nproc, *common, "max_steps=8", f"train.resume={ckpts}/step-00000006")
+    assert r.returncode != 0
+    assert f"train.resume {ckpts}/step-00000006: does not load ({damaged}:" in r.stderr, r.stderr[-3000:]
+    assert not [l for l in r.stderr.splitlines() if "/trainer/" in l and 'File "' in l]  # torchrun's own trace only
+
+
+def test_resume_auto_takes_the_newest_complete_checkpoint_not_a_stale_pointer(tmp_path, compression_data):
+    """A stop between COMPLETE and the pointer's rename: `latest` one behind and a stray latest.tmp<pid>. The
+    resume takes the newest complete checkpoint (redoing no step) and removes the stray file."""
+    common = [f"data={compression_data}", f"output_dir={tmp_path}", "train.save_every=2"]
+    assert launch(1, *common, "max_steps=4").returncode == 0
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "latest").write_text("step-00000002\n")
+    (ckpts / "latest.tmp4242").write_text("step-00000004\n")
+    r = launch(1, *common, "max_steps=6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from {ckpts}/step-00000004 at step 4" in r.stdout
+    assert not (ckpts / "latest.tmp4242").exists() and (ckpts / "latest").read_text().strip() == "step-00000006"

@@ -188,7 +188,7 @@ def _complete_checkpoints_are_whole(ckpts: Path) -> list[int]:
     return steps
 
 
-def test_kill_9_of_a_rank_fails_clearly_and_a_resubmission_resumes(cluster, data, reference, tmp_path):
+def test_kill_9_of_a_rank_fails_clearly_and_a_resubmission_resumes_from_a_checkpoint_that_loads(cluster, data, reference, tmp_path):
     run = tmp_path / "run"
     args = ("tiny-cpu-pretrain.yaml", f"data={data / 'compression'}", f"output_dir={run}", f"max_steps={STEPS}",
             "train.save_every=3")
@@ -201,11 +201,16 @@ def test_kill_9_of_a_rank_fails_clearly_and_a_resubmission_resumes(cluster, data
     assert re.search(r"rank\s*:\s*1 \(local_rank: 0\)", log) and "Signal 9 (SIGKILL)" in log, log[-3000:]
     assert f"llm2comp pretrain: job {job} failed" in log and "names the failed rank" in log
     complete = _complete_checkpoints_are_whole(run / "checkpoints")
-    assert complete and max(complete) < STEPS and not (run / "final").exists()
+    assert len(complete) >= 2 and max(complete) < STEPS and not (run / "final").exists()
+    # And the newest one then damaged (rank 1's optimizer file cut short): the resubmission passes over it.
+    newest, fallback = run / "checkpoints" / f"step-{max(complete):08d}", sorted(complete)[-2]
+    damaged = newest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
 
     again = submit(cluster, "pretrain.sbatch", tmp_path, *args)
     log = finished(cluster, tmp_path, again)
-    assert f"resumed from {run}/checkpoints/step-{max(complete):08d} at step {max(complete)}" in log
+    assert f"checkpoint {newest} does not load ({damaged.name}:" in log, log[-3000:]
+    assert f"resumed from {run}/checkpoints/step-{fallback:08d} at step {fallback}" in log
     # The steps the killed job logged after its last checkpoint are rerun: logged once, the old rows set aside.
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if not r.get("eval")]
@@ -228,14 +233,16 @@ def test_two_node_contrastive_with_cross_device_negatives(cluster, data, two_nod
 
 
 def test_prep_array_job_and_its_merge_equal_a_single_run(cluster, tmp_path, bpe_tokenizer):
+    """Five array tasks over three chunks of input: two slices get none, are written empty, and the array and
+    its merge still complete."""
     import datasets
 
     src = write_jsonl(tmp_path / "d.jsonl", make_docs(120, seed=6))
     out = tmp_path / "ds"
     env = {**job_env(), "LLM2COMP": f"{sys.executable} -m trainer.cli"}
-    array = cluster.sbatch("--array=0-2", "--cpus-per-task=1", "--mem=500M", f"--output={tmp_path}/%x-%A_%a.log",
+    array = cluster.sbatch("--array=0-4", "--cpus-per-task=1", "--mem=500M", f"--output={tmp_path}/%x-%A_%a.log",
                            str(ROOT / "launch/slurm/prep_array.sbatch"), "compression", str(out), "--input", str(src),
-                           "--tokenizer", bpe_tokenizer, "--chunk-docs", "10", env=env, cwd=tmp_path)
+                           "--tokenizer", bpe_tokenizer, "--chunk-docs", "40", env=env, cwd=tmp_path)
     marker = tmp_path / "ds.slices" / ".merge-submitted"
     deadline = time.monotonic() + 300
     while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
@@ -244,10 +251,11 @@ def test_prep_array_job_and_its_merge_equal_a_single_run(cluster, tmp_path, bpe_
     info = cluster.wait_job(merge, 300)
     logs = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
     assert info["JobState"] == "COMPLETED" and f"merge job {merge} will run after array {array}" in logs, logs
-    assert json.loads((out / "manifest.json").read_text())["slice"]["merged_from"] == 3
+    assert json.loads((out / "manifest.json").read_text())["slice"]["merged_from"] == 5
+    assert "gave no rows; written as an empty slice" in logs
     single = tmp_path / "single"
     subprocess.run([sys.executable, "-m", "trainer.cli", "prep", "compression", "--input", str(src), "--tokenizer",
-                    bpe_tokenizer, "--chunk-docs", "10", "--output", str(single), "--no-progress", "--workers", "1"],
+                    bpe_tokenizer, "--chunk-docs", "40", "--output", str(single), "--no-progress", "--workers", "1"],
                    cwd=ROOT, check=True, capture_output=True)
     key = lambda r: json.dumps(r, sort_keys=True)
     assert sorted(map(key, datasets.load_from_disk(str(out)).to_list())) == sorted(

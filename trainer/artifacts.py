@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from data_prep import jsonio
 from data_prep.errors import UserError
 
 from .config import save_config
@@ -62,13 +63,13 @@ def save_artifacts(model, directory: str, world, recipe, identity: dict, lineage
                 deltas.append(os.path.abspath(os.path.join(directory, FILE)))
             save_config(recipe, os.path.join(directory, "recipe.yaml"))
             with open(os.path.join(directory, "tokenizer_identity.json"), "w") as fh:
-                json.dump(identity, fh, indent=2)
+                jsonio.dump(identity, fh, indent=2)
             with open(os.path.join(directory, RUN_INFO), "w") as fh:
-                json.dump(info, fh, indent=2)
+                jsonio.dump(info, fh, indent=2)
             mine = {**lineage, "adapters": [*lineage["adapters"], os.path.abspath(os.path.join(directory, "adapter"))],
                     "embedding_deltas": deltas}
             with open(os.path.join(directory, "lineage.json"), "w") as fh:
-                json.dump(mine, fh, indent=2)
+                jsonio.dump(mine, fh, indent=2)
 
 
 def read_run(run_dir: str) -> tuple[dict, Optional[torch.Tensor]]:

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from data_prep.errors import UserError
+from data_prep.errors import UserError, at_least
 
 
 class RecipeHelp(argparse.Action):
@@ -52,27 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="RECIPE.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. init_from=RUN data=DIR chunk=8")
     p.set_defaults(func=_run_contrast)
-    p = sub.add_parser("export", help="a finished run as one self-contained encoder directory")
+    p = sub.add_parser("export", help="a finished run as one self-contained encoder directory", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--max-length", type=int, default=None,
+    p.add_argument("--max-length", type=at_least(1), default=None,
                    help="tokens an input is cut to (default: the longest the training shards allowed)")
     p.add_argument("--adapter-only", action="store_true",
                    help="the stage adapters (PEFT), memory tokens and config, loaded on top of the base model by name")
     p.add_argument("--eval", action="append", metavar="RESULTS.json", help="`llm2comp eval` results for the model card")
     p.add_argument("--name", help="the model's name in its card (default: the output folder's name)")
     p.set_defaults(func=_lazy("trainer.serving.export"))
-    p = sub.add_parser("encode", help="embed texts (.txt lines or .jsonl with --text-field) into a .npy file")
+    p = sub.add_parser("encode", help="embed texts (.txt lines or .jsonl with --text-field) into a .npy file", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--input", required=True, metavar="FILE")
     p.add_argument("--output", required=True, metavar="FILE.npy")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--instruction", default=None)
+    p.add_argument("--text-field", default="text", help=".jsonl input: the field holding each text")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="texts per forward pass")
+    p.add_argument("--instruction", default=None, help="put before every text with the export's instruction template "
+                   "(queries of a supervised model)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each decoder block (train.compile); pays "
+                   "on many short texts, docs/BENCHMARKS.md")
     p.set_defaults(func=_lazy("trainer.serving.encode_cli"))
     ev = sub.add_parser("eval", help="evaluate an encoder").add_subparsers(dest="benchmark", required=True)
-    p = ev.add_parser("sts", help="Spearman x100 of cosine similarity on every STS set in --data")
+    p = ev.add_parser("sts", help="Spearman x100 of cosine similarity on every STS set in --data", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, metavar="DIR", help="llm2comp export, sentence-transformers or causal LM folder")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--output", metavar="FILE.json")
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-token", metavar="TOKEN", help="for a plain causal LM: the token every input starts with "
                    "(auto, none or a vocabulary entry, as model.first_token; default: what the tokenizer adds)")
     p.add_argument("--stsb-split", default="test", choices=["test", "dev", "train"])
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="texts per forward pass")
     p.add_argument("--instruction", default=None,
                    help="applied to both sentences with the model's instruction template (supervised models)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (logs, scripts)")
@@ -97,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or for retrieval DIR/<Task>/{corpus.jsonl,queries.jsonl,qrels/<split>.tsv} (default: "
                    "$LLM2COMP_MTEB_DATA); other tasks load from the datasets cache or the Hub")
     p.add_argument("--output", metavar="DIR", help="per-task results and summary.json (required unless --download-only)")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: %(default)s)")
-    p.add_argument("--max-length", type=int, default=512, metavar="N", help="tokens of a text the model reads, "
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="texts per forward pass (default: %(default)s)")
+    p.add_argument("--max-length", type=at_least(1), default=512, metavar="N", help="tokens of a text the model reads, "
                    "instruction included; longer texts are cut (default: %(default)s; a sentence-transformers model "
                    "keeps its own max_seq_length where that is shorter)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -107,10 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-token", metavar="TOKEN", help="for a plain causal LM: the token every input starts with "
                    "(auto, none or a vocabulary entry, as model.first_token; default: what the tokenizer adds)")
     p.add_argument("--instructions", metavar="FILE", help="JSON task -> instruction, over the shipped table")
+    p.add_argument("--compile", action="store_true", help="torch.compile each decoder block (llm2comp exports and "
+                   "causal LMs; recorded as compiled_blocks in summary.json)")
     p.add_argument("--download-only", action="store_true", help="fill the Hugging Face cache with the tasks' data")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (logs, scripts)")
     p.set_defaults(func=_lazy("trainer.serving.evaluation.mteb_eval"))
-    p = sub.add_parser("analyze", help="dimensional collapse: singular spectrum, effective rank, alignment, uniformity")
+    p = sub.add_parser("analyze", help="dimensional collapse: singular spectrum, effective rank, alignment, uniformity", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--input", required=True, metavar="FILE", help=".txt (text, or text<TAB>pair per line) or .jsonl")
     p.add_argument("--output", required=True, metavar="DIR")
@@ -118,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=["mean", "last", "memory"], help="for a plain causal LM")
     p.add_argument("--first-token", metavar="TOKEN", help="for a plain causal LM: the token every input starts with "
                    "(auto, none or a vocabulary entry, as model.first_token; default: what the tokenizer adds)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="texts per forward pass")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (logs, scripts)")
     p.set_defaults(func=_lazy("trainer.serving.analyze"))
     model_store.add_arguments(sub.add_parser("models", help="fetch real pretrained models for offline use"))

@@ -8,6 +8,11 @@ checkpoint is megabytes of LoRA weights, memory tokens and their optimizer state
 A checkpoint directory counts only once it holds ``COMPLETE``, written by rank 0 after every rank
 finished writing; ``latest`` is then moved with an atomic rename. A crash or a full disk mid-write
 leaves an incomplete directory that resume ignores (and the next save of that step replaces).
+
+``resume=auto`` takes the newest complete checkpoint by its step, not by the ``latest`` pointer (a stop
+between ``COMPLETE`` and the pointer's rename leaves the pointer one behind), and only one whose files all
+load: rank 0 reads each file before any rank loads, and a checkpoint that fails (a truncated copy, a bad
+disk) is named in one line and passed over for the next complete one, on every rank alike.
 """
 from __future__ import annotations
 
@@ -60,6 +65,19 @@ class CheckpointWriteError(UserError):
 class Checkpointer:
     def __init__(self, root: str, world: World, keep_last: int = 2):
         self.root, self.world, self.keep_last = root, world, keep_last
+        if world.main:
+            self._remove_stray_temporaries()
+
+    def _remove_stray_temporaries(self) -> None:
+        """``latest.tmp<pid>`` / ``COMPLETE.tmp<pid>`` of a writer stopped between write and rename."""
+        if not os.path.isdir(self.root):
+            return
+        dirs = [self.root] + [os.path.join(self.root, d) for d in os.listdir(self.root)
+                              if os.path.isdir(os.path.join(self.root, d))]
+        for d in dirs:
+            for name in os.listdir(d):
+                if name.startswith((f"{LATEST}.tmp", f"{COMPLETE}.tmp")):
+                    os.remove(os.path.join(d, name))
 
     def tag(self, step: int) -> str:
         return f"step-{step:08d}"
@@ -70,15 +88,34 @@ class Checkpointer:
         return sorted(d for d in os.listdir(self.root) if os.path.exists(os.path.join(self.root, d, COMPLETE)))
 
     def latest(self) -> Optional[str]:
-        """The newest complete checkpoint's directory (the ``latest`` pointer if it is valid, else a scan)."""
-        pointer = os.path.join(self.root, LATEST)
-        if os.path.exists(pointer):
-            with open(pointer) as fh:
-                tag = fh.read().strip()
-            if os.path.exists(os.path.join(self.root, tag, COMPLETE)):
-                return os.path.join(self.root, tag)
+        """The newest complete checkpoint's directory, by step (the tags sort by it), whatever ``latest`` says."""
         done = self.complete()
         return os.path.join(self.root, done[-1]) if done else None
+
+    def newest_loadable(self, say=print) -> Optional[str]:
+        """The newest complete checkpoint whose files all load, the same on every rank: rank 0 reads them and
+        names each one it passes over; the others take its choice."""
+        choice = None
+        if self.world.main:
+            for tag in reversed(self.complete()):
+                path = os.path.join(self.root, tag)
+                broken = unreadable_file(path)
+                if broken is None:
+                    choice = path
+                    break
+                say(f"train.resume auto: checkpoint {path} does not load ({broken}); trying the next complete one")
+        return self._from_rank0(choice)
+
+    def unreadable(self, path: str) -> Optional[str]:
+        """``unreadable_file(path)`` as rank 0 found it, on every rank (so that all stop, or none)."""
+        return self._from_rank0(unreadable_file(path) if self.world.main else None)
+
+    def _from_rank0(self, value):
+        if self.world.size > 1 and torch.distributed.is_initialized():
+            box = [value]
+            torch.distributed.broadcast_object_list(box, src=0)
+            value = box[0]
+        return value
 
     def save(self, engine, step: int, client_state: dict) -> str:
         _only_trainables(engine)
@@ -151,6 +188,19 @@ class Checkpointer:
         if missing:
             raise UserError(f"train.resume {path}: the checkpoint has no {missing[0]} "
                             f"({len(missing)} trainable weights missing); it was written by another model or recipe")
+
+
+def unreadable_file(path: str) -> Optional[str]:
+    """``FILE: reason`` for the first file of checkpoint ``path`` that does not load, else None."""
+    for name in sorted(os.listdir(path)):
+        if not name.endswith(".pt"):
+            continue
+        try:
+            torch.load(os.path.join(path, name), map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001  torch.load's failures on a damaged file take many types
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"{name}: {type(e).__name__}: {reason[:160]}"
+    return None
 
 
 def _only_trainables(engine) -> None:

@@ -87,11 +87,14 @@ def train(task: Task, train_cfg: TrainSettings, optim: OptimSettings, log=print,
     train_s = 0.0  # the training loop's own time, summed over every resume (requeues), without start-up
     resume_from = None
     if train_cfg.resume == "auto":
-        resume_from = ckpt.latest()
+        resume_from = ckpt.newest_loadable(say)
     elif train_cfg.resume != "never":
         resume_from = train_cfg.resume
         if not os.path.exists(os.path.join(resume_from, "COMPLETE")):
             raise UserError(f"train.resume {resume_from}: not a complete checkpoint directory")
+        broken = ckpt.unreadable(resume_from)
+        if broken:
+            raise UserError(f"train.resume {resume_from}: does not load ({broken})")
     if resume_from:
         state = ckpt.load(engine, resume_from)
         step = int(state["step"])

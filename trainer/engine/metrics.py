@@ -11,6 +11,7 @@ from typing import Optional
 import psutil
 import torch
 from tqdm import tqdm
+from data_prep import jsonio
 
 
 def memory_stats() -> dict:
@@ -75,7 +76,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": step, **values, **memory_stats(), "time": time.time()}
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(jsonio.dumps(record, self.file.name) + "\n")
         if self.tb:
             for k, v in record.items():
                 if k not in ("step", "time") and isinstance(v, (int, float)):
@@ -93,7 +94,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": step, "eval": True, **figures, "time": time.time()}
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(jsonio.dumps(record, self.file.name) + "\n")
         scalars = {f"eval/{k}": v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.tb:
             for k, v in scalars.items():

@@ -8,10 +8,22 @@ eager runs as separate passes over memory: RMSNorm, SiLU·mul, rotary, and the r
 stay eager. Shapes are dynamic from the first call (``dynamic=True``), so varying lengths and batch sizes
 reuse the graphs instead of compiling one per shape; ``compile_stats`` counts what was compiled, so that a
 test and the trainer's log can show that the count stays bounded.
+
+What is compiled is the block's own ``forward``, under transformers' gradient-checkpointing wrapper, not
+around it: torch's checkpoint inside a compiled graph accepts only dispatch modes as ``context_fn``, while
+ours restores the forward's adapter state and dropout row seeds for the recomputation (adapters.py), so the
+checkpoint stays eager and calls the compiled forward, once in the forward pass and once in the recomputation.
 """
 from __future__ import annotations
 
+import functools
+
+import torch
 from torch import nn
+
+# Keyword arguments a block must not get under checkpointing (transformers drops them the same way: the
+# recomputation would write the cache a second time). Training never passes a cache; this keeps it so.
+_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past", "cache")
 
 
 def decoder_blocks(decoder: nn.Module) -> list[nn.Module]:
@@ -24,18 +36,47 @@ def decoder_blocks(decoder: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
+def _plain_forward(block: nn.Module):
+    """The class's forward without transformers' checkpointing wrapper (``functools.wraps`` keeps it)."""
+    forward = type(block).forward
+    return getattr(forward, "__wrapped__", forward)
+
+
+def _checkpointed(block: nn.Module, compiled):
+    """The block's forward: the compiled one, under gradient checkpointing when the block has it on."""
+
+    @functools.wraps(compiled)
+    def forward(*args, **kwargs):
+        if getattr(block, "gradient_checkpointing", False) and block.training and torch.is_grad_enabled():
+            kwargs = {k: (None if k in _CACHE_KWARGS else v) for k, v in kwargs.items() if k != "use_cache"}
+            return block._gradient_checkpointing_func(functools.partial(compiled, **kwargs), *args)
+        return compiled(*args, **kwargs)
+
+    forward.llm2comp_compiled = True
+    return forward
+
+
 def compile_blocks(decoder: nn.Module, dynamic: bool = True) -> int:
-    """Compile each block in place (``nn.Module.compile``: the module keeps its name, its parameters and its
+    """Compile each block's forward in place (an instance attribute: the module keeps its name, parameters and
     state dict, so checkpoints, peft and DeepSpeed see the same model). Returns how many were compiled."""
     blocks = decoder_blocks(decoder)
     for block in blocks:
-        block.compile(dynamic=dynamic)
+        if not getattr(block.forward, "llm2comp_compiled", False):
+            compiled = torch.compile(_plain_forward(block).__get__(block, type(block)), dynamic=dynamic)
+            block.forward = _checkpointed(block, compiled)
     return len(blocks)
+
+
+def uncompile_blocks(decoder: nn.Module) -> None:
+    """Eager again (the compiled graphs stay cached for a later ``compile_blocks``)."""
+    for block in decoder_blocks(decoder):
+        if getattr(block.forward, "llm2comp_compiled", False):
+            del block.forward
 
 
 def compiled_blocks(decoder: nn.Module) -> int:
     """How many of the decoder's blocks run compiled: the read-back that the setting took effect."""
-    return sum(getattr(b, "_compiled_call_impl", None) is not None for b in decoder_blocks(decoder))
+    return sum(getattr(b.forward, "llm2comp_compiled", False) for b in decoder_blocks(decoder))
 
 
 def compile_stats() -> dict:

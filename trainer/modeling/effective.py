@@ -14,6 +14,7 @@ from typing import Optional
 
 from torch import nn
 
+from data_prep import jsonio
 from data_prep.errors import UserError
 
 from .adapters import lora_layers
@@ -183,13 +184,12 @@ def expected_for(settings, attention: str, attention_dropout: float, row_seeded:
 
 
 def write_effective(effective: dict, output_dir: str) -> str:
-    import json
     import os
 
     path = os.path.join(output_dir, "effective_settings.json")
     os.makedirs(output_dir, exist_ok=True)
     with open(path, "w") as fh:
-        json.dump(effective, fh, indent=2)
+        jsonio.dump(effective, fh, indent=2)
     return path
 
 

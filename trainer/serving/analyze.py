@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from data_prep import jsonio
 from data_prep.errors import UserError
 
 
@@ -90,7 +91,7 @@ def run(args) -> int:
     report = {"model": args.model, "input": args.input, **analyze(encode(texts), pairs)}
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "analysis.json"), "w") as fh:
-        json.dump(report, fh, indent=2)
+        jsonio.dump(report, fh, indent=2)
     plot(report, os.path.join(args.output, "spectrum.png"), os.path.basename(os.path.normpath(args.model)))
     align = f"{report['alignment']:.4f}" if report["alignment"] is not None else "n/a (no pairs)"
     print(f"effective rank {report['effective_rank']:.2f} of {report['dim']}; uniformity {report['uniformity']:.4f}; "

@@ -37,8 +37,9 @@ def run(args) -> int:
     from .encoder import Encoder
 
     texts = read_texts(args.input, args.text_field)
-    embeddings = Encoder.from_pretrained(args.model).encode(texts, args.batch_size, instruction=args.instruction,
-                                                            show_progress_bar=True)
+    encoder = Encoder.from_pretrained(args.model, compile=args.compile)
+    embeddings = encoder.encode(texts, args.batch_size, instruction=args.instruction, show_progress_bar=True)
     np.save(args.output, embeddings)
-    print(f"{len(texts):,} texts -> {args.output} {embeddings.shape}")
+    compiled = ", {}/{} blocks compiled".format(*encoder.compiled_blocks) if args.compile else ""
+    print(f"{len(texts):,} texts -> {args.output} {embeddings.shape}{compiled}")
     return 0

@@ -134,9 +134,10 @@ class Encoder:
 
     @classmethod
     def from_pretrained(cls, path: str, device: Optional[str] = None, dtype=None,
-                        base_model: Optional[str] = None) -> "Encoder":
+                        base_model: Optional[str] = None, compile: bool = False) -> "Encoder":
         """``dtype``: auto (bf16 on a GPU, fp32 on a CPU), float32, bfloat16 or a torch dtype; ``base_model``:
-        for an adapter-only export, where its base is (default: the name the export records)."""
+        for an adapter-only export, where its base is (default: the name the export records); ``compile``:
+        ``torch.compile`` each decoder block (as ``train.compile``; ``compiled_blocks`` reads it back)."""
         from ..modeling.probe import check_bidirectional
 
         from data_prep.hub import local_folder
@@ -146,7 +147,19 @@ class Encoder:
         model, tokenizer, memory, config = load_export(path, device, dtype, base_model)
         encoder = cls(model, tokenizer, memory, config, read_prompts(path))
         check_bidirectional(encoder.model, encoder.model.get_decoder(), model.config.get_text_config().vocab_size)
+        if compile:  # after the probe, which must see the eager attention path
+            from ..modeling.compile import compile_blocks
+
+            compile_blocks(encoder.model.get_decoder())
         return encoder
+
+    @property
+    def compiled_blocks(self) -> list[int]:
+        """[compiled, total] decoder blocks: that ``compile`` took effect."""
+        from ..modeling.compile import compiled_blocks, decoder_blocks
+
+        decoder = self.model.get_decoder()
+        return [compiled_blocks(decoder), len(decoder_blocks(decoder))]
 
     @property
     def dimension(self) -> int:

@@ -1,8 +1,9 @@
 """``llm2comp eval sts --model M --data DIR --output FILE.json``."""
 from __future__ import annotations
 
-import json
 import os
+
+from data_prep import jsonio
 
 
 def run(args) -> int:
@@ -21,6 +22,6 @@ def run(args) -> int:
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as fh:
-            json.dump(report, fh, indent=2)
+            jsonio.dump(report, fh, indent=2)
     print(markdown(report))
     return 0

@@ -12,6 +12,7 @@ import os
 import shutil
 from typing import Optional
 
+from data_prep import jsonio
 from data_prep.errors import UserError
 
 from ..artifacts import FINAL, read_run, read_run_info
@@ -85,7 +86,7 @@ def _stage_summaries(lineage: dict, infos: list[dict]) -> list[dict]:
 
 def _write_json(path: str, obj) -> None:
     with open(path, "w") as fh:
-        json.dump(obj, fh, indent=2)
+        jsonio.dump(obj, fh, indent=2)
 
 
 def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[int] = None,

@@ -6,13 +6,14 @@ exactly; sentence-transformers itself applies the export's prompts (``config_sen
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any, Optional
 
 import torch
 from torch import nn
+
+from data_prep import jsonio
 
 
 class LLM2CompModule(nn.Module):
@@ -72,12 +73,12 @@ class LLM2CompModule(nn.Module):
         if self.memory is not None:
             save_file({"memory": self.memory.detach().cpu().contiguous()}, os.path.join(path, "memory.safetensors"))
         with open(os.path.join(path, CONFIG), "w") as fh:
-            json.dump(config, fh, indent=2)
+            jsonio.dump(config, fh, indent=2)
         card = os.path.join(self.path, "README.md")
         if os.path.exists(card) and not os.path.exists(os.path.join(path, "README.md")):
             shutil.copy(card, os.path.join(path, "README.md"))
         with open(os.path.join(path, "sentence_bert_config.json"), "w") as fh:
-            json.dump({"max_seq_length": self.max_seq_length, "do_lower_case": False}, fh, indent=2)
+            jsonio.dump({"max_seq_length": self.max_seq_length, "do_lower_case": False}, fh, indent=2)
 
     def get_sentence_embedding_dimension(self) -> int:
         return int(self.model.config.get_text_config().hidden_size)

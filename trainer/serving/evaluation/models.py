@@ -51,9 +51,9 @@ class PooledLM:
     the LLM2Comp encoding with K fresh memory tokens (bidirectional) before any training."""
 
     def __init__(self, path: str, pooling: str, k: int = 8, first_token: Optional[str] = None, dtype=None,
-                 max_length: int = 512):
+                 max_length: int = 512, compile: bool = False):
         """``dtype``: auto (bf16 on a GPU, fp32 on a CPU), float32 or bfloat16; ``max_length``: tokens of a text
-        read (longer texts are cut)."""
+        read (longer texts are cut); ``compile``: ``torch.compile`` each decoder block."""
         self.max_length = max_length
         from data_prep.tokenizer import load_tokenizer, tokenizer_identity
         from transformers import AutoModelForCausalLM
@@ -78,6 +78,17 @@ class PooledLM:
         self.pooling = pooling
         emb = self.model.get_input_embeddings()
         self.memory = initial_memory(emb, emb.weight.shape[0], k) if pooling == "memory" else None
+        if compile:
+            from ...modeling.compile import compile_blocks
+
+            compile_blocks(self.model.get_decoder())
+
+    @property
+    def compiled_blocks(self) -> list[int]:
+        from ...modeling.compile import compiled_blocks, decoder_blocks
+
+        decoder = self.model.get_decoder()
+        return [compiled_blocks(decoder), len(decoder_blocks(decoder))]
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,12 @@ sentence-transformers folder, or a plain causal LM with ``--pooling`` (a baselin
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
 from typing import Optional
 
+from data_prep import jsonio
 from data_prep.errors import UserError
 
 _LOAD_ERRORS = (ConnectionError, OSError, FileNotFoundError, ValueError)
@@ -110,21 +110,24 @@ def model_for(args, world):
             import torch
 
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-        encoder = Encoder.from_pretrained(path, device=device, dtype=args.dtype)
+        encoder = Encoder.from_pretrained(path, device=device, dtype=args.dtype, compile=args.compile)
         encoder.max_seq_length = args.max_length  # the evaluation's length, not the training shards' (export)
         name = os.path.basename(os.path.normpath(path))
         model = make_model(encoder, f"llm2comp/{name}", load_instructions(args.instructions), args.batch_size, world)
-        return model, "llm2comp", encoder.max_seq_length
+        return model, "llm2comp", encoder.max_seq_length, encoder.compiled_blocks
     if os.path.exists(os.path.join(path, "modules.json")):
+        if args.compile:
+            raise UserError(f"--compile: {path} is a sentence-transformers model; it compiles llm2comp exports and causal LMs")
         from mteb.models import SentenceTransformerEncoderWrapper
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(path)
         # its own max_seq_length is part of the model (all-MiniLM-L6-v2: 256, as its published scores used)
         st.max_seq_length = min(st.max_seq_length or args.max_length, args.max_length)
-        return SentenceTransformerEncoderWrapper(st), "sentence-transformers", st.max_seq_length
+        return SentenceTransformerEncoderWrapper(st), "sentence-transformers", st.max_seq_length, None
     if os.path.exists(os.path.join(path, "config.json")):
-        return plain_model(path, args), f"causal LM, {args.pooling} pooling", args.max_length
+        model, lm = plain_model(path, args)
+        return model, f"causal LM, {args.pooling} pooling", args.max_length, lm.compiled_blocks
     raise UserError(f"--model {path}: neither an llm2comp export, a sentence-transformers folder nor a HF model")
 
 
@@ -136,14 +139,15 @@ def plain_model(path: str, args):
         raise UserError(f"--model {path} is a plain causal LM: choose --pooling {'|'.join(POOLINGS)}")
     if args.instructions:
         raise UserError(f"--instructions: {path} is not an llm2comp export, which alone knows its instruction template")
-    lm = PooledLM(path, args.pooling, first_token=args.first_token, dtype=args.dtype, max_length=args.max_length)
+    lm = PooledLM(path, args.pooling, first_token=args.first_token, dtype=args.dtype, max_length=args.max_length,
+                  compile=args.compile)
     encoders: dict = {}
 
     def encode(texts, instruction, batch_size):
         return encoders.setdefault(batch_size, lm.encoder(batch_size))(texts)
 
     name = f"{os.path.basename(os.path.normpath(path))}-{args.pooling}"
-    return make_text_model(encode, name, lm.model.config.hidden_size, "local", None, args.batch_size)
+    return make_text_model(encode, name, lm.model.config.hidden_size, "local", None, args.batch_size), lm
 
 
 @contextlib.contextmanager
@@ -215,7 +219,7 @@ def run(args) -> int:
     from .mteb_dedup import make_dedup
     from .mteb_summary import aggregate, render, task_entry
 
-    inner, kind, max_length = model_for(args, world)
+    inner, kind, max_length, compiled = model_for(args, world)
     model = make_dedup(inner)
     start = time.perf_counter()
     bars = world.main and args.progress
@@ -246,10 +250,12 @@ def run(args) -> int:
             summary["not_evaluated"] = bad
         if args.pooling:
             summary["pooling"] = args.pooling
+        if compiled is not None:
+            summary["compiled_blocks"] = compiled  # read back from the model: [compiled, total]
         if kind == "llm2comp":
             summary["instructions"] = inner.instructions_used
         with open(os.path.join(args.output, "summary.json"), "w") as fh:
-            json.dump(summary, fh, indent=2)
+            jsonio.dump(summary, fh, indent=2)
         say(render(summary))
         say(f"results: {args.output}")
     sys.stdout.flush()
