@@ -47,3 +47,72 @@ def test_json_the_project_writes_is_strict_json(tmp_path, capsys):
     log.close()
     rows = [strict(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["loss"] is None and rows[0]["lr"] == 1e-4
+
+
+def test_mistyped_names_and_missing_models_fail_before_any_task_loads(tmp_path):
+    missing = tmp_path / "no-such-model"
+    cases = [["eval", "mteb", "--model", tmp_path, "--benchmark", "llm2comp-offlin", "--output", tmp_path / "o"],
+             ["eval", "mteb", "--model", missing, "--benchmark", "MTEB(eng, v2)", "--output", tmp_path / "o"]]
+    typo, no_model = failing_cli_cases(tmp_path, cases)
+    assert_one_line_error(typo, ["--benchmark 'llm2comp-offlin'", "did you mean 'llm2comp-offline'"])
+    assert_one_line_error(no_model, [f"--model {missing}: no such directory"])
+
+
+def test_outputs_and_inputs_are_checked_before_any_work_and_nothing_partial_is_left(tmp_path):
+    """export: a missing or malformed --eval file, or an --output that is a file, fail in one line before the
+    run is read, and no export folder appears; encode: an empty input, or an --output that is a folder."""
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "one.txt").write_text("a text\n")
+    out = tmp_path / "exp"
+    cases = [["export", "--run", tmp_path, "--output", out, "--eval", tmp_path / "missing.json"],
+             ["export", "--run", tmp_path, "--output", out, "--eval", tmp_path / "bad.json"],
+             ["export", "--run", tmp_path, "--output", tmp_path / "a-file"],
+             ["encode", "--model", tmp_path, "--input", tmp_path / "empty.txt", "--output", tmp_path / "e.npy"],
+             ["encode", "--model", tmp_path, "--input", tmp_path / "one.txt", "--output", tmp_path]]
+    missing, bad, file_out, empty, folder_out = failing_cli_cases(tmp_path, cases)
+    assert_one_line_error(missing, [f"--eval {tmp_path / 'missing.json'}: No such file"])
+    assert_one_line_error(bad, [f"--eval {tmp_path / 'bad.json'}: not JSON"])
+    assert_one_line_error(file_out, [f"--output {tmp_path / 'a-file'}: is a file"])
+    assert_one_line_error(empty, [f"{tmp_path / 'empty.txt'}: no texts to encode"])
+    assert_one_line_error(folder_out, [f"--output {tmp_path}: is a folder"])
+    assert not out.exists() and not list(tmp_path.glob(".exp.partial-*"))
+
+
+def test_recipe_paths_are_checked_before_the_model_is_built(tmp_path, compression_data):
+    """A wrong data=, eval.path=, deepspeed= or output_dir= fails in one line naming the key, in seconds: before
+    the model is built and probed (which is what a late check would print first)."""
+    import time
+
+    from conftest import launch
+
+    (tmp_path / "a-file").write_text("x")
+    cases = {"data.path": [f"data={tmp_path / 'nowhere'}"], "eval.path": [f"eval.path={tmp_path}"],
+             "train.deepspeed": [f"train.deepspeed={tmp_path / 'none.json'}"],
+             "train.output_dir": [f"output_dir={tmp_path / 'a-file'}"]}
+    for key, overrides in cases.items():
+        start = time.monotonic()
+        r = launch(1, f"data={compression_data}", f"output_dir={tmp_path / 'run'}", *overrides)
+        errors = [l for l in r.stderr.splitlines() if "error:" in l]
+        assert r.returncode != 0 and len(errors) == 1 and key in errors[0], (key, r.stderr[-2000:])
+        assert "bidirectional" not in r.stdout + r.stderr, key  # the model was never built
+        assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("schema,override,needle", [
+    ("trainer.stages.pretrain:PretrainRecipe", "optim.lr=-1e-3", "optim.lr must be > 0, got -0.001"),
+    ("trainer.stages.pretrain:PretrainRecipe", "optim.grad_clip=-1", "optim.grad_clip must be >= 0"),
+    ("trainer.stages.pretrain:PretrainRecipe", "eval.windows=-1", "eval.windows must be >= 0"),
+    ("trainer.stages.contrast:ContrastRecipe", "contrast.temperature=0", "contrast.temperature must be > 0, got 0"),
+    ("trainer.stages.contrast:ContrastRecipe", "contrast.negatives=-1", "contrast.negatives must be >= 0, got -1"),
+])
+def test_a_range_error_names_the_key_that_failed(schema, override, needle):
+    import importlib
+
+    from trainer.config import ConfigError, load_config
+
+    module, name = schema.split(":")
+    with pytest.raises(ConfigError) as e:
+        load_config(getattr(importlib.import_module(module), name), None, [override])
+    assert needle in str(e.value) and "," not in str(e.value).split(" must ")[0]

@@ -33,7 +33,13 @@ def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm
     from trainer.data.padding import pad_right
     from trainer.serving.encoder import Encoder
 
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "stale.txt").write_text("a file of the user's")
+    assert main(["export", "--run", str(ucl_run), "--output", str(tmp_path / "exp")]) == 2  # not ours to replace
+    (tmp_path / "exp" / "llm2comp_config.json").write_text("{}")  # an earlier export: replaced whole
     assert main(["export", "--run", str(ucl_run), "--output", str(tmp_path / "exp")]) == 0
+    # Written beside and moved into place whole: the earlier folder replaced, no staging folder left.
+    assert not (tmp_path / "exp" / "stale.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
     config = json.loads((tmp_path / "exp" / "llm2comp_config.json").read_text())
     assert config["memory_tokens"] == 4 and len(config["lineage"]["stages"]) == 2
     # The first token the runs trained with (the tiny recipes' <|endoftext|>, id 0), not the tokenizer's none.

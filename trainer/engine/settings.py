@@ -24,8 +24,12 @@ class OptimSettings:
     grad_clip: float = 2.0
 
     def validate(self) -> None:
-        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.grad_clip < 0:
-            raise ConfigError("optim: need lr > 0, 0 <= warmup_ratio < 1, grad_clip >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr:g}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio:g}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must be >= 0 (0: no clipping), got {self.grad_clip:g}")
         if not 0 <= self.warmup_start_lr <= self.lr:
             raise ConfigError(f"optim.warmup_start_lr must be in [0, optim.lr = {self.lr:g}], got {self.warmup_start_lr:g}")
         if self.warmup_steps is not None and self.warmup_steps < 0:

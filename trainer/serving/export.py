@@ -102,6 +102,13 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
     from ..modeling.loading import load_causal_lm
     from ..modeling.settings import ModelSettings
 
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UserError(f"--output {output}: is a file, not a folder to write the export into")
+    if os.path.isdir(output) and os.listdir(output) and not os.path.exists(os.path.join(output, CONFIG)):
+        # an earlier export is replaced whole; any other folder's files are not ours to delete
+        raise UserError(f"--output {output}: not empty and not an llm2comp export; name a new or empty folder")
+    for path in eval_files:  # before any work: a bad file must not stop the export halfway
+        model_card.read_eval(path)
     lineage, memory = read_run(run_dir)
     final = run_dir if os.path.exists(os.path.join(run_dir, "lineage.json")) else os.path.join(run_dir, FINAL)
     with open(os.path.join(final, "tokenizer_identity.json")) as fh:
@@ -112,85 +119,115 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
     base_name = _base_name(base)
     model_dtype = recipe["model"]["dtype"] if dtype == "auto" else dtype
     tok, _ = model_tokenizer(ModelSettings(path=base["path"], tokenizer=recipe["model"].get("tokenizer") or base["path"]))
-    os.makedirs(output, exist_ok=True)
-    pooling = recipe["model"].get("pooling", "memory")
-    adapters = []
-    deltas = list(lineage.get("embedding_deltas", []))
-    if adapter_only:
-        for i, (adapter, info) in enumerate(zip(lineage["adapters"], infos)):
-            rel = os.path.join("adapters", f"{i}-{info.get('stage', 'stage')}")
-            shutil.copytree(adapter, os.path.join(output, rel), dirs_exist_ok=True)
-            cfg_path = os.path.join(output, rel, "adapter_config.json")
-            with open(cfg_path) as fh:
-                adapter_cfg = json.load(fh)
-            adapter_cfg["base_model_name_or_path"] = base.get("name") or base_name  # not the training machine's path
-            _write_json(cfg_path, adapter_cfg)
-            adapters.append(rel)
-        for i, delta in enumerate(deltas):
-            rel = os.path.join("adapters", f"embedding_delta-{i}.safetensors")
-            shutil.copyfile(delta, os.path.join(output, rel))
-            deltas[i] = rel
-        hidden = memory.shape[1] if memory is not None else None
-        from ..modeling.loading import load_config
+    final_output, output = output, _staging(output)
+    try:
+        pooling = recipe["model"].get("pooling", "memory")
+        adapters = []
+        deltas = list(lineage.get("embedding_deltas", []))
+        if adapter_only:
+            for i, (adapter, info) in enumerate(zip(lineage["adapters"], infos)):
+                rel = os.path.join("adapters", f"{i}-{info.get('stage', 'stage')}")
+                shutil.copytree(adapter, os.path.join(output, rel), dirs_exist_ok=True)
+                cfg_path = os.path.join(output, rel, "adapter_config.json")
+                with open(cfg_path) as fh:
+                    adapter_cfg = json.load(fh)
+                adapter_cfg["base_model_name_or_path"] = base.get("name") or base_name  # not the training machine's path
+                _write_json(cfg_path, adapter_cfg)
+                adapters.append(rel)
+            for i, delta in enumerate(deltas):
+                rel = os.path.join("adapters", f"embedding_delta-{i}.safetensors")
+                shutil.copyfile(delta, os.path.join(output, rel))
+                deltas[i] = rel
+            hidden = memory.shape[1] if memory is not None else None
+            from ..modeling.loading import load_config
 
-        hidden = hidden or load_config(base["path"], base["config_overrides"]).get_text_config().hidden_size
-        weights_dtype = {"float32": "float32", "bfloat16": "bfloat16"}.get(model_dtype, "float32")
+            hidden = hidden or load_config(base["path"], base["config_overrides"]).get_text_config().hidden_size
+            weights_dtype = {"float32": "float32", "bfloat16": "bfloat16"}.get(model_dtype, "float32")
+        else:
+            model, _ = load_causal_lm(base["path"], model_dtype, "auto", base["random_init"], base["config_overrides"], base["seed"])
+            for adapter in lineage["adapters"]:
+                model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            if deltas:  # E's trained input embeddings, folded in as every later stage saw them
+                from ..modeling.embedding_delta import fold_delta
+
+                for delta in deltas:
+                    fold_delta(model.get_input_embeddings(), delta)
+            model.config._name_or_path = base_name  # not the training machine's folder
+            model.save_pretrained(output, safe_serialization=True)
+            hidden = model.config.get_text_config().hidden_size
+            weights_dtype = str(model.dtype).replace("torch.", "")
+        tok.name_or_path = base_name
+        tok.save_pretrained(output)
+        if pooling == "memory":
+            import torch
+
+            save_file({"memory": memory.to(getattr(torch, weights_dtype)).contiguous()}, os.path.join(output, "memory.safetensors"))
+        trained_attention = (infos[-1].get("effective") or {}).get("attention_implementation") if infos else None
+        if isinstance(trained_attention, str) and trained_attention.startswith(ROW_DROPOUT):
+            trained_attention = trained_attention[len(ROW_DROPOUT) + 1:]  # the wrapped implementation
+        text = text_settings(infos, max_length)
+        pairs = [i["data"] for i in infos if i.get("data", {}).get("kind") == "pairs"]
+        prompts = {"query": query_prompt(text["instruction_template"], pairs[-1].get("instruction", "") if pairs else ""),
+                   "document": ""}
+        config = {
+            "format_version": FORMAT_VERSION,
+            "memory_tokens": int(memory.shape[0]) if pooling == "memory" else 0,
+            "pooling": pooling,
+            # The first token training used (model.first_token); runs from before the setting used the tokenizer's.
+            "prefix_ids": lineage.get("prefix_ids", identity["prefix_ids"]),
+            "pad_id": tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0),
+            **text,
+            "trained_attention": trained_attention,
+            "tokenizer_hash": identity["hash"],
+            "lineage": public_lineage(lineage, infos),
+        }
+        if adapter_only:
+            config.update(adapter_only=True, adapters=adapters, embedding_deltas=deltas, weights_dtype=weights_dtype,
+                          base_model={"name": base.get("name") or base_name, "random_init": base["random_init"],
+                                      "config_overrides": base["config_overrides"], "seed": base["seed"]})
+        _write_json(os.path.join(output, CONFIG), config)
+        # sentence-transformers loads the directory through this module (llm2comp must be installed).
+        _write_json(os.path.join(output, "modules.json"),
+                    [{"idx": 0, "name": "0", "path": "", "type": "trainer.serving.st_module.LLM2CompModule"}])
+        _write_json(os.path.join(output, ST_CONFIG), _st_config(prompts))
+        _write_json(os.path.join(output, "sentence_bert_config.json"),
+                    {"max_seq_length": text["max_length"], "do_lower_case": False})
+        with open(os.path.join(output, "README.md"), "w") as fh:
+            fh.write(model_card.render(name=name or os.path.basename(os.path.normpath(final_output)), base=base_name,
+                                       license=model_card.base_license(base["path"], base.get("name") or base_name),
+                                       config={**config, "dimension": int(hidden), "prompts": prompts},
+                                       stages=_stage_summaries(lineage, infos), eval_files=list(eval_files),
+                                       version=version))
+        _publish(output, final_output)
+    except BaseException:
+        shutil.rmtree(output, ignore_errors=True)  # the staging folder: nothing half-written is left
+        raise
+    return final_output
+
+
+def _staging(output: str) -> str:
+    """A fresh folder beside ``output`` that the export is written into, and renamed from once complete, so
+    that an export stopped halfway leaves no folder that looks like a model."""
+    parent = os.path.dirname(os.path.abspath(output)) or "."
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--output {output}: cannot create its folder {parent} ({e.strerror or e})") from None
+    staging = os.path.join(parent, f".{os.path.basename(os.path.normpath(output))}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    return staging
+
+
+def _publish(staging: str, output: str) -> None:
+    """Replace ``output`` (an earlier export, if any) with the complete staging folder."""
+    if os.path.isdir(output):
+        old = f"{staging}.old"
+        os.replace(output, old)
+        os.replace(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
     else:
-        model, _ = load_causal_lm(base["path"], model_dtype, "auto", base["random_init"], base["config_overrides"], base["seed"])
-        for adapter in lineage["adapters"]:
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        if deltas:  # E's trained input embeddings, folded in as every later stage saw them
-            from ..modeling.embedding_delta import fold_delta
-
-            for delta in deltas:
-                fold_delta(model.get_input_embeddings(), delta)
-        model.config._name_or_path = base_name  # not the training machine's folder
-        model.save_pretrained(output, safe_serialization=True)
-        hidden = model.config.get_text_config().hidden_size
-        weights_dtype = str(model.dtype).replace("torch.", "")
-    tok.name_or_path = base_name
-    tok.save_pretrained(output)
-    if pooling == "memory":
-        import torch
-
-        save_file({"memory": memory.to(getattr(torch, weights_dtype)).contiguous()}, os.path.join(output, "memory.safetensors"))
-    trained_attention = (infos[-1].get("effective") or {}).get("attention_implementation") if infos else None
-    if isinstance(trained_attention, str) and trained_attention.startswith(ROW_DROPOUT):
-        trained_attention = trained_attention[len(ROW_DROPOUT) + 1:]  # the wrapped implementation
-    text = text_settings(infos, max_length)
-    pairs = [i["data"] for i in infos if i.get("data", {}).get("kind") == "pairs"]
-    prompts = {"query": query_prompt(text["instruction_template"], pairs[-1].get("instruction", "") if pairs else ""),
-               "document": ""}
-    config = {
-        "format_version": FORMAT_VERSION,
-        "memory_tokens": int(memory.shape[0]) if pooling == "memory" else 0,
-        "pooling": pooling,
-        # The first token training used (model.first_token); runs from before the setting used the tokenizer's.
-        "prefix_ids": lineage.get("prefix_ids", identity["prefix_ids"]),
-        "pad_id": tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0),
-        **text,
-        "trained_attention": trained_attention,
-        "tokenizer_hash": identity["hash"],
-        "lineage": public_lineage(lineage, infos),
-    }
-    if adapter_only:
-        config.update(adapter_only=True, adapters=adapters, embedding_deltas=deltas, weights_dtype=weights_dtype,
-                      base_model={"name": base.get("name") or base_name, "random_init": base["random_init"],
-                                  "config_overrides": base["config_overrides"], "seed": base["seed"]})
-    _write_json(os.path.join(output, CONFIG), config)
-    # sentence-transformers loads the directory through this module (llm2comp must be installed).
-    _write_json(os.path.join(output, "modules.json"),
-                [{"idx": 0, "name": "0", "path": "", "type": "trainer.serving.st_module.LLM2CompModule"}])
-    _write_json(os.path.join(output, ST_CONFIG), _st_config(prompts))
-    _write_json(os.path.join(output, "sentence_bert_config.json"),
-                {"max_seq_length": text["max_length"], "do_lower_case": False})
-    with open(os.path.join(output, "README.md"), "w") as fh:
-        fh.write(model_card.render(name=name or os.path.basename(os.path.normpath(output)), base=base_name,
-                                   license=model_card.base_license(base["path"], base.get("name") or base_name),
-                                   config={**config, "dimension": int(hidden), "prompts": prompts},
-                                   stages=_stage_summaries(lineage, infos), eval_files=list(eval_files),
-                                   version=version))
-    return output
+        os.replace(staging, output)
 
 
 def _st_config(prompts: dict) -> dict:

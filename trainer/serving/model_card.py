@@ -23,11 +23,26 @@ def base_license(base_path: Optional[str], name: str) -> str:
     return "other"
 
 
+def read_eval(path: str) -> dict:
+    """An ``llm2comp eval`` results file, or a one-line error naming it (export checks them before writing)."""
+    from data_prep.errors import UserError
+
+    try:
+        with open(path) as fh:
+            report = json.load(fh)
+    except OSError as e:
+        raise UserError(f"--eval {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UserError(f"--eval {path}: not JSON ({e})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("results"), dict):
+        raise UserError(f"--eval {path}: not an `llm2comp eval` results file (no \"results\" object)")
+    return report
+
+
 def _scores(eval_files: list[str]) -> list[str]:
     lines = []
     for path in eval_files:
-        with open(path) as fh:
-            report = json.load(fh)
+        report = read_eval(path)
         for name, r in (report.get("results") or {}).items():
             score = r.get("spearman", r.get("main_score"))
             if score is not None:

@@ -40,8 +40,11 @@ class ContrastSettings:
     one_source_per_batch: bool = False  # scl: a global batch holds one `source` only
 
     def validate(self) -> None:
-        if self.chunk < 1 or self.temperature <= 0 or not 0 <= self.attention_dropout < 1 or self.negatives < 0:
-            raise ConfigError("contrast: need chunk >= 1, temperature > 0, 0 <= attention_dropout < 1, negatives >= 0")
+        for key, bad, want in (("chunk", self.chunk < 1, "at least 1"), ("temperature", self.temperature <= 0, "> 0"),
+                               ("attention_dropout", not 0 <= self.attention_dropout < 1, "in [0, 1)"),
+                               ("negatives", self.negatives < 0, ">= 0")):
+            if bad:
+                raise ConfigError(f"contrast.{key} must be {want}, got {getattr(self, key)}")
 
 
 @dataclass

@@ -51,8 +51,10 @@ class EvalSettings:
     micro_batch: int = 0  # 0: train.micro_batch
 
     def validate(self) -> None:
-        if self.windows < 0 or self.micro_batch < 0:
-            raise ConfigError("eval: need windows >= 0 and micro_batch >= 0")
+        for key in ("windows", "micro_batch"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"eval.{key} must be >= 0 (0: {'no diagnostics' if key == 'windows' else 'train.micro_batch'}), "
+                                  f"got {getattr(self, key)}")
 
 
 @dataclass

@@ -37,6 +37,14 @@ def select_tasks(tasks: Optional[str], benchmark: Optional[str]) -> list:
         if benchmark in BENCHMARKS:
             return benchmark_tasks(benchmark)
         if benchmark:
+            import difflib
+
+            names = [*BENCHMARKS, *(b.name for b in mteb.get_benchmarks())]
+            if benchmark not in names:  # mteb's own message lists nothing near what was meant
+                near = difflib.get_close_matches(benchmark, names, n=3, cutoff=0.6)
+                raise UserError(f"eval mteb: --benchmark {benchmark!r} is not a benchmark"
+                                + (f"; did you mean {' or '.join(map(repr, near))}?" if near else
+                                   f" (llm2comp's: {', '.join(BENCHMARKS)}; or one of mteb's, e.g. 'MTEB(eng, v2)')"))
             return list(mteb.get_benchmark(benchmark).tasks)
         return [mteb.get_task(name.strip()) for name in tasks.split(",") if name.strip()]
     except KeyError as e:
@@ -196,6 +204,10 @@ def run(args) -> int:
     if args.max_length < 1 or args.batch_size < 1:
         flag = "--max-length" if args.max_length < 1 else "--batch-size"
         raise UserError(f"eval mteb: {flag} must be at least 1")
+    if not args.download_only:  # before any task loads (minutes for a benchmark): the model is there
+        from data_prep.hub import local_folder
+
+        local_folder(args.model, "--model")
     data_dir = resolve_data_dir(args.data_dir)
     tasks = select_tasks(args.tasks, args.benchmark)
     planned = len(tasks)
