@@ -27,6 +27,7 @@ BAD_INPUT_PREFIXES = (
     "not_an_object",
     "missing_field",
     "non_string_field",
+    "non_list_field",
     "empty_file",
     "binary_file",
     "corrupt_file",

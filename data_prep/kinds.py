@@ -178,7 +178,7 @@ class Pairs(Kind):
             raise BadRecord("not_an_object")
         query = text_field(obj, "query")
         positive = text_field(obj, "positive")
-        negatives = string_list_field(obj, "negatives")
+        negatives = string_list_field(obj, "negatives", one_string=False)
         if negatives is None:
             negatives = string_list_field(obj, "negative") or []
         if not query.strip() or not positive.strip() or not all(n.strip() for n in negatives):

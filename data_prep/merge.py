@@ -27,8 +27,10 @@ def merge(slice_dirs: list[str], output: str, overwrite: bool = False) -> dict:
 
     for d, m in zip(slice_dirs[1:], manifests[1:]):
         if common(m) != common(first):
-            diff = sorted(k for k in common(first) if common(first)[k] != common(m).get(k))
-            raise PrepError(f"{d}: made with other settings than {first_dir} (differ: {', '.join(diff)}); not slices of one run")
+            from .pipeline import differences
+
+            raise PrepError(f"{d}: made with other settings than {first_dir} (differ: {differences(common(first), common(m))}); "
+                            "not slices of one run")
     count = first["slice"]["count"]
     by_index: dict[int, str] = {}
     for d, m in zip(slice_dirs, manifests):

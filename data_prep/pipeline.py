@@ -63,14 +63,26 @@ def _settings(cfg: PrepConfig, files: list[InputFile], identity: dict) -> dict:
     }
 
 
-def _differences(old: dict, new: dict) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(keys) or "none"
+def differences(old: dict, new: dict, prefix: str = "") -> str:
+    """The settings that differ, down to the nested key, with both values: ``options.min_context 10 -> 20``."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.append(differences(a, b, f"{prefix}{k}."))
+        else:
+            show = lambda v: json.dumps(v)[:60]  # noqa: E731
+            out.append(f"{prefix}{k} {show(a)} -> {show(b)}")
+    return ", ".join(out) or "none"
 
 
 def _open_output(out: str, settings: dict, overwrite: bool) -> str:
     """'fresh', 'resume' or 'complete'; refuses a directory made with other settings."""
     state_file = os.path.join(out, STATE_DIR, "settings.json")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PrepError(f"--output {out}: is a file, not a folder for the shards")
     if os.path.isdir(out) and os.listdir(out):
         old = None
         if os.path.exists(os.path.join(out, MANIFEST)):
@@ -86,7 +98,7 @@ def _open_output(out: str, settings: dict, overwrite: bool) -> str:
             if old is None:
                 raise PrepError(f"{out}: not empty and not an llm2comp prep output; pass --overwrite to replace it")
             raise PrepError(
-                f"{out}: made with other settings (differ: {_differences(old, settings)}); "
+                f"{out}: made with other settings (differ: {differences(old, settings)}); "
                 "pass --overwrite to replace it, or choose another --output"
             )
         shutil.rmtree(out)

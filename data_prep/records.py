@@ -42,14 +42,16 @@ def text_field(obj: Parsed, name: str, required: bool = True) -> str | None:
     return value
 
 
-def string_list_field(obj: Parsed, name: str) -> list[str] | None:
-    """A field holding one string or a list of strings; None when absent."""
+def string_list_field(obj: Parsed, name: str, one_string: bool = True) -> list[str] | None:
+    """A field holding a list of strings (or, where ``one_string``, one string); None when absent."""
     if isinstance(obj, str):
         return None
     value: Any = obj.get(name)
     if value is None:
         return None
     if isinstance(value, str):
+        if not one_string:  # "negatives": "a text" is a mistake for ["a text"] (or for "negative")
+            raise BadRecord(f"non_list_field:{name}")
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value

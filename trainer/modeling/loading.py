@@ -72,8 +72,34 @@ def load_causal_lm(path: str, dtype: str, attention: str = "auto", random_init: 
         with device:
             model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation=attention)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=DTYPES[dtype], attn_implementation=attention,
+        model = from_pretrained(
+            AutoModelForCausalLM, path, config=config, dtype=DTYPES[dtype], attn_implementation=attention,
             **({"device_map": {"": device}} if device.type != "cpu" else {}),
         )
     return model, path
+
+
+def damaged_weights(path: str) -> Optional[str]:
+    """``FILE: reason`` for the first weights file in ``path`` whose header or length is wrong, else None."""
+    import glob
+
+    from safetensors import safe_open
+
+    for f in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        try:
+            with safe_open(f, "pt"):
+                pass
+        except Exception as e:  # noqa: BLE001  SafetensorError, OSError
+            return f"{f}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}"
+    return None
+
+
+def from_pretrained(cls, path: str, **kwargs):
+    """``cls.from_pretrained``, with a damaged weights file (a copy cut short) named in one line."""
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except Exception:
+        bad = damaged_weights(path) if os.path.isdir(path) else None
+        if bad:
+            raise UserError(f"{bad} (a damaged or partly copied model; copy or fetch it again)") from None
+        raise

@@ -100,10 +100,10 @@ def load_export(path: str, device: str, dtype=None, base_model: Optional[str] = 
             for delta in config["embedding_deltas"]:
                 fold_delta(model.get_input_embeddings(), os.path.join(path, delta))
     else:
-        from ..modeling.loading import load_config
+        from ..modeling.loading import from_pretrained, load_config
 
         attention = load_attention(load_config(path), config.get("trained_attention"), device)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attention, **on_device)
+        model = from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, attn_implementation=attention, **on_device)
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     memory = None

@@ -64,10 +64,10 @@ class PooledLM:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = resolve_dtype(dtype, self.device)
         from ...modeling.attention import resolve_attention
-        from ...modeling.loading import load_config
+        from ...modeling.loading import from_pretrained, load_config
 
         attention = resolve_attention("auto", load_config(path))
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention).to(self.device).eval()
+        self.model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype, attn_implementation=attention).to(self.device).eval()
         self.tok = load_tokenizer(path)
         identity = tokenizer_identity(self.tok)
         from ...modeling.first_token import resolve_first_token
