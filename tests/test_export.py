@@ -113,7 +113,10 @@ def test_exported_encoder_equals_training_time_encoder(tmp_path, ucl_run, smollm
 
 def test_export_and_encode_errors(tmp_path, cli):
     code, _, err = cli("export", "--run", str(tmp_path), "--output", str(tmp_path / "x"))
-    assert code == 2 and "lineage.json" in err and "Traceback" not in err
+    assert code == 2 and f"--run {tmp_path}: no final/lineage.json; not a finished" in err and "Traceback" not in err
+    (tmp_path / "checkpoints").mkdir()  # a run stopped before its end
+    code, _, err = cli("export", "--run", str(tmp_path), "--output", str(tmp_path / "x"))
+    assert code == 2 and "the run has not finished (it has checkpoints" in err and "init.init_from" not in err
     code, _, err = cli("encode", "--model", str(tmp_path), "--input", str(tmp_path / "none.txt"), "--output", str(tmp_path / "o.npy"))
     assert code == 2 and "none.txt" in err
 

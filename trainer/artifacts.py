@@ -72,21 +72,24 @@ def save_artifacts(model, directory: str, world, recipe, identity: dict, lineage
                 jsonio.dump(mine, fh, indent=2)
 
 
-def read_run(run_dir: str) -> tuple[dict, Optional[torch.Tensor]]:
+def read_run(run_dir: str, what: str = "init.init_from") -> tuple[dict, Optional[torch.Tensor]]:
     """The lineage and memory embeddings (None: the run pooled without them) of a finished run (a run
-    directory or its ``final/``)."""
+    directory or its ``final/``); ``what`` names the setting in errors (``--run`` for export)."""
     from safetensors.torch import load_file
 
     final = run_dir if os.path.exists(os.path.join(run_dir, "lineage.json")) else os.path.join(run_dir, FINAL)
     path = os.path.join(final, "lineage.json")
     if not os.path.exists(path):
-        raise UserError(f"init.init_from {run_dir}: no {FINAL}/lineage.json; not a finished llm2comp run")
+        unfinished = os.path.isdir(os.path.join(run_dir, "checkpoints"))
+        raise UserError(f"{what} {run_dir}: no {FINAL}/lineage.json; " + (
+            "the run has not finished (it has checkpoints: run the same command again to finish it)"
+            if unfinished else "not a finished llm2comp run"))
     with open(path) as fh:
         lineage = json.load(fh)
     missing = [a for a in lineage["adapters"] if not os.path.isdir(a)]
     missing += [d for d in lineage.get("embedding_deltas", []) if not os.path.isfile(d)]
     if missing:
-        raise UserError(f"init.init_from {run_dir}: {missing[0]} named in lineage.json is missing")
+        raise UserError(f"{what} {run_dir}: {missing[0]} named in lineage.json is missing")
     memory = os.path.join(final, "memory.safetensors")
     return lineage, load_file(memory)["memory"] if os.path.exists(memory) else None
 

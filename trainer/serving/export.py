@@ -109,7 +109,7 @@ def export(run_dir: str, output: str, dtype: str = "auto", max_length: Optional[
         raise UserError(f"--output {output}: not empty and not an llm2comp export; name a new or empty folder")
     for path in eval_files:  # before any work: a bad file must not stop the export halfway
         model_card.read_eval(path)
-    lineage, memory = read_run(run_dir)
+    lineage, memory = read_run(run_dir, "--run")
     final = run_dir if os.path.exists(os.path.join(run_dir, "lineage.json")) else os.path.join(run_dir, FINAL)
     with open(os.path.join(final, "tokenizer_identity.json")) as fh:
         identity = json.load(fh)

@@ -76,6 +76,25 @@ def split_files(folder: str, splits: list[str], task_name: str) -> dict[str, str
     return files
 
 
+def first_bad_line(paths) -> str | None:
+    """``FILE:LINE: what is wrong`` for the first line of a JSON-lines file that is not a JSON object (lines
+    counted from 1, as an editor shows them); None when every line parses."""
+    import json
+
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    return f"{path}:{n}: not valid JSON ({e})"
+                if not isinstance(row, dict):
+                    return f"{path}:{n}: a JSON {type(row).__name__}, not an object with the task's columns"
+    return None
+
+
 def read_folder(folder: str, task) -> tuple:
     """(DatasetDict of the splits the task needs, a description of the files)."""
     import datasets
@@ -89,6 +108,9 @@ def read_folder(folder: str, task) -> tuple:
     try:
         data = datasets.load_dataset(builder, data_files=files)
     except Exception as e:  # a malformed file: name it, in one line (the innermost cause says what is wrong)
+        bad = first_bad_line(files.values()) if builder == "json" else None
+        if bad:
+            raise UserError(bad) from None
         while e.__cause__ is not None:
             e = e.__cause__
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
