@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from .errors import PrepError, at_least
@@ -61,13 +60,9 @@ def add_arguments(prep: argparse.ArgumentParser) -> None:
 
 
 def load_instructions(path: str) -> dict[str, str]:
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except OSError as e:
-        raise PrepError(f"--instructions {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise PrepError(f"--instructions {path}: not valid JSON ({e})") from None
+    from . import jsonio
+
+    data = jsonio.read(path, "--instructions", PrepError)
     if not isinstance(data, dict):
         raise PrepError(f"--instructions {path}: expected a JSON object of task name -> instruction")
     for key, value in data.items():

@@ -39,3 +39,18 @@ def dumps(obj: Any, where: str = "JSON", **kwargs) -> str:
 
 def dump(obj: Any, fh, where: str | None = None, **kwargs) -> None:
     json.dump(finite(obj, where or getattr(fh, "name", "JSON")), fh, allow_nan=False, **kwargs)
+
+
+def read(path: str, what: str, error=None) -> Any:
+    """A JSON file, or a one-line ``error`` (default UserError) naming ``what`` (the argument or key) and the
+    file: missing or unreadable, or not JSON."""
+    from .errors import UserError
+
+    error = error or UserError
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except OSError as e:
+        raise error(f"{what} {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise error(f"{what} {path}: not valid JSON ({e})") from None

@@ -73,7 +73,7 @@ def test_outputs_and_inputs_are_checked_before_any_work_and_nothing_partial_is_l
              ["encode", "--model", tmp_path, "--input", tmp_path / "one.txt", "--output", tmp_path]]
     missing, bad, file_out, empty, folder_out = failing_cli_cases(tmp_path, cases)
     assert_one_line_error(missing, [f"--eval {tmp_path / 'missing.json'}: No such file"])
-    assert_one_line_error(bad, [f"--eval {tmp_path / 'bad.json'}: not JSON"])
+    assert_one_line_error(bad, [f"--eval {tmp_path / 'bad.json'}: not valid JSON"])
     assert_one_line_error(file_out, [f"--output {tmp_path / 'a-file'}: is a file"])
     assert_one_line_error(empty, [f"{tmp_path / 'empty.txt'}: no texts to encode"])
     assert_one_line_error(folder_out, [f"--output {tmp_path}: is a folder"])

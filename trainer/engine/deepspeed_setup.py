@@ -1,7 +1,6 @@
 """DeepSpeed config (ZeRO file + what the recipe decides), optimizer, schedule and ``deepspeed.initialize``."""
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -21,13 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def load_ds_config(path: str, train: TrainSettings, optim: OptimSettings, micro_steps_per_batch: int = 1) -> dict:
     if not os.path.exists(path) and os.path.exists(os.path.join(REPO, path)):
         path = os.path.join(REPO, path)  # recipes name ds_configs/ relative to the project
-    try:
-        with open(path) as fh:
-            config = json.load(fh)
-    except OSError as e:
-        raise ConfigError(f"train.deepspeed {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise ConfigError(f"train.deepspeed {path}: not valid JSON ({e})") from None
+    from data_prep import jsonio
+
+    config = jsonio.read(path, "train.deepspeed", ConfigError)
     clash = [k for k in RECIPE_KEYS if k in config]
     if clash:
         raise ConfigError(f"train.deepspeed {path}: sets {', '.join(clash)}, which the recipe decides; remove them from the file")

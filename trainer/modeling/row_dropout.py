@@ -142,12 +142,27 @@ def row_dropout(x: torch.Tensor, p: float, salt: int, seeds) -> torch.Tensor:
     return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
 
 
+def salt_of(module: nn.Module):
+    """A RowDropout's or an attention module's salt: the int in eager code; inside a compiled block the same
+    value as a 0-d tensor (``salt_tensor``), an input of the graph, with the int not even read. An int
+    attribute of a module is a constant that dynamo guards on, so one graph per layer: 30 layers passed its
+    recompile limit (8) and the rest of the blocks silently ran eager."""
+    if torch.compiler.is_compiling() and hasattr(module, "salt_tensor"):
+        return module.salt_tensor
+    return module.salt if isinstance(module, RowDropout) else attention_salt(module)
+
+
+def add_salt_tensor(module: nn.Module, salt: int, device=None) -> None:
+    module.register_buffer("salt_tensor", torch.tensor(salt, dtype=torch.int64, device=device), persistent=False)
+
+
 class RowDropout(nn.Module):
     """nn.Dropout, but row-seeded inside ``row_seeds``."""
 
-    def __init__(self, p: float, salt: int):
+    def __init__(self, p: float, salt: int, device=None):
         super().__init__()
         self.p, self.salt = p, salt
+        add_salt_tensor(self, salt, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
@@ -155,7 +170,7 @@ class RowDropout(nn.Module):
         seeds = current_seeds()
         if seeds is None:
             return nn.functional.dropout(x, self.p, True)
-        return row_dropout(x, self.p, self.salt, seeds)
+        return row_dropout(x, self.p, salt_of(self), seeds)
 
 
 # Attention kwargs that change what attention computes and that the explicit path does not implement
@@ -202,8 +217,12 @@ def explicit_attention(module, query, key, value, attention_mask, dropout: float
     if seeds is not None and dropout > 0:
         if not torch.compiler.is_compiling():  # a Python counter in a compiled block: a recompile per call
             STATS["dropout_calls"] += 1
-        w = row_dropout(w, dropout, 1_000_003 + int(getattr(module, "layer_idx", 0)), seeds)
+        w = row_dropout(w, dropout, salt_of(module), seeds)
     return torch.matmul(w, v).transpose(1, 2).contiguous(), None
+
+
+def attention_salt(module) -> int:
+    return 1_000_003 + int(getattr(module, "layer_idx", 0))
 
 
 def _row_dropout_attention(original: str, fallback_explicit: bool):
@@ -248,13 +267,17 @@ def register_attention(original: str, supported: list[str]) -> str:
 
 
 def install(peft_model: nn.Module) -> int:
-    """Replace every LoRA dropout with a RowDropout of the same rate; returns how many."""
+    """Replace every LoRA dropout with a RowDropout of the same rate; returns how many. Every attention module
+    gets its salt as a tensor too (``salt_of``)."""
     n = 0
     for module in peft_model.modules():
+        device = next(module.parameters(), torch.empty(0)).device  # where the model is (built on the GPU, or moved later)
+        if hasattr(module, "layer_idx") and hasattr(module, "is_causal") and not hasattr(module, "salt_tensor"):
+            add_salt_tensor(module, attention_salt(module), device)
         drops = getattr(module, "lora_dropout", None)
         if isinstance(drops, nn.ModuleDict):
             for name, d in list(drops.items()):
                 p = d.p if isinstance(d, nn.Dropout) else 0.0
-                drops[name] = RowDropout(p, salt=n)
+                drops[name] = RowDropout(p, salt=n, device=device)
                 n += 1
     return n

@@ -1,7 +1,6 @@
 """The export's ``README.md``: a Hugging Face model card for the sentence-transformers model it is."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -25,15 +24,10 @@ def base_license(base_path: Optional[str], name: str) -> str:
 
 def read_eval(path: str) -> dict:
     """An ``llm2comp eval`` results file, or a one-line error naming it (export checks them before writing)."""
+    from data_prep import jsonio
     from data_prep.errors import UserError
 
-    try:
-        with open(path) as fh:
-            report = json.load(fh)
-    except OSError as e:
-        raise UserError(f"--eval {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise UserError(f"--eval {path}: not JSON ({e})") from None
+    report = jsonio.read(path, "--eval")
     if not isinstance(report, dict) or not isinstance(report.get("results"), dict):
         raise UserError(f"--eval {path}: not an `llm2comp eval` results file (no \"results\" object)")
     return report
