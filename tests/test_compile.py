@@ -85,13 +85,13 @@ def counted(fn, calls: list):
 def test_recompilations_stay_bounded_over_lengths_and_batch_sizes():
     """Dynamic shapes: after the first calls of each kind (E with grad, E without, D, teacher), new lengths
     and batch sizes compile nothing new; a shape-specialised compile would add frames at every length. And
-    one graph serves every layer: the contrastive model has 10 (above dynamo's recompile limit of 8), each
-    with its own dropout salts, which as int attributes would compile once per layer until the limit, then
+    one graph serves every layer: both models have 10 (above dynamo's recompile limit of 8), the contrastive
+    one with each layer's own dropout salts, which as int attributes would compile once per layer until the limit, then
     leave the remaining blocks eager."""
     from trainer.modeling.dropout import enable_row_seeded_dropout
     from trainer.modeling.row_dropout import row_seeds
 
-    comp = tiny_compressor()  # stage 1's model; the contrastive stages' (row-seeded dropout), deeper
+    comp = tiny_compressor(num_hidden_layers=10)  # stage 1's model; the contrastive stages' (row-seeded dropout)
     drop = tiny_compressor(k=3, prefix=(1,), lora_dropout=0.1, num_hidden_layers=10)
     enable_row_seeded_dropout(drop, 0.2)
     drop.train()

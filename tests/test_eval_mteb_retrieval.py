@@ -127,7 +127,7 @@ def test_malformed_retrieval_folders_are_named_in_one_line_with_file_and_line(tm
     length = [*base, tmp_path / "no-qrels", "--max-length", "0"]  # refused before any folder is read
     results = failing_cli_cases(tmp_path, [[*base, tmp_path / n] for n in names] + [length],
                                 env=offline_env(tmp_path / "hf"))
-    assert_one_line_error(results.pop(), ["--max-length must be at least 1"])
+    assert_one_line_error(results.pop(), ["argument --max-length: must be at least 1"])
     expect = {
         "no-qrels": ["NFCorpus/qrels/test.tsv: no such file"],
         "no-corpus": ["NFCorpus/corpus.jsonl: no such file"],

@@ -228,10 +228,16 @@ COMMON_ALIASES = {
 
 def check_paths(recipe) -> None:
     """The recipe's paths, before any model is built (40-70 s on a CPU, minutes at 7B): the output folder is a
-    folder or can be made, the data folders are finished prep outputs, the DeepSpeed config reads."""
+    folder or can be made, the model is there, the data folders are finished prep outputs, the DeepSpeed
+    config reads."""
     from data_prep.errors import PrepError
     from data_prep.manifest import read_manifest
 
+    init = getattr(getattr(recipe, "init", None), "init_from", None)
+    if not init and getattr(getattr(recipe, "model", None), "path", None):  # with init_from the lineage names it
+        from ..modeling.loading import resolve_model_path
+
+        resolve_model_path(recipe.model.path)
     out = recipe.train.output_dir
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"train.output_dir {out}: is a file, not a folder for the run")
